@@ -1,0 +1,1 @@
+"""Offline assets: the target model (prepare-model) and the prompt sets."""

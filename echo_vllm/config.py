@@ -1,0 +1,242 @@
+"""The `method: echo` speculative config: parse, validate, and translate for vLLM.
+
+Pure Python (no vLLM import), so every error case is testable in milliseconds and is
+raised before vLLM reads a single weight.
+
+Vocabulary (SGLang's, which the seed's tables use):
+  steps                        maximum draft depth D
+  topk                         children per frontier node, and frontier width, K
+  num_draft_tokens             verified nodes per request, the root (last committed token)
+                               included, so a request verifies num_draft_tokens - 1 drafts
+  judge_depth / threshold      sparse confidence gate: after drafting depth d, a request whose
+                               confidence is below the threshold stops growing ...
+  remaining_num_draft_tokens   ... and is cut to this many verified nodes (root included)
+
+The candidate pool of an EAGLE-2-style expansion holds K nodes at depth 1 and K*K proposed
+children at every further depth (each of the K frontier nodes proposes K), so
+pool_size(D, K) = K + (D - 1) * K * K, e.g. pool_size(5, 8) = 264, pool_size(3, 1) = 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+METHOD = "echo"
+
+# Largest number of draft tokens vLLM's rejection sampler accepts per request (MAX_SPEC_LEN).
+MAX_DRAFT_TOKENS = 128
+MAX_STEPS = 32
+MAX_TOPK = 32
+POLICIES = ("static", "ddd", "opt_tree", "echo")
+
+# vLLM speculative-config keys passed through unchanged to the draft model's config.
+VLLM_PASSTHROUGH_KEYS = ("draft_tensor_parallel_size", "max_model_len", "enforce_eager")
+
+# Options accepted and validated now whose behaviour lands with a later part of the project;
+# a non-default value is refused with a clear message instead of being silently ignored.
+NOT_YET_SUPPORTED = {
+    "topk": "draft trees (topk > 1) need tree verification, which is not supported yet; "
+    "use topk = 1 (a draft chain)",
+    "judge_depth": "sparse confidence gating is not supported yet; remove 'judge_depth', "
+    "'threshold' and 'remaining_num_draft_tokens'",
+    "policy": "policies other than 'static' are not supported yet",
+    "budget": "the global verification budget is not supported yet; remove 'budget'",
+    "calibration_file": "calibration files are not supported yet; remove 'calibration_file'",
+}
+
+
+def pool_size(steps: int, topk: int) -> int:
+    """Draft nodes an EAGLE-2-style expansion proposes: K at depth 1, K*K at each later depth."""
+    return topk + (steps - 1) * topk * topk
+
+
+@dataclasses.dataclass(frozen=True)
+class EchoConfig:
+    """Validated echo options. Build with `parse_echo_config`, never directly."""
+
+    model: str
+    steps: int
+    topk: int
+    num_draft_tokens: int
+    judge_depth: tuple[int, ...]
+    threshold: tuple[float, ...]
+    remaining_num_draft_tokens: int | None
+    policy: str
+    budget: int | str | None
+    calibration_file: str | None
+    vllm_options: Mapping[str, Any]
+
+    @property
+    def max_draft_tokens(self) -> int:
+        """Draft tokens verified per request per step (the root excluded)."""
+        return self.num_draft_tokens - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form; `parse_echo_config(cfg.to_dict())` gives `cfg` back."""
+        out = dataclasses.asdict(self)
+        vllm_options = out.pop("vllm_options")
+        out["judge_depth"] = list(self.judge_depth)
+        out["threshold"] = list(self.threshold)
+        return {"method": METHOD, **out, **vllm_options}
+
+
+ECHO_KEYS = tuple(f.name for f in dataclasses.fields(EchoConfig) if f.name != "vllm_options")
+VALID_KEYS = ("method", *ECHO_KEYS, *VLLM_PASSTHROUGH_KEYS)
+
+
+def _fail(message: str) -> ValueError:
+    return ValueError(f"echo-vllm: speculative_config {message}")
+
+
+def _int(options: Mapping[str, Any], key: str, default: Any, low: int, high: int) -> Any:
+    value = options.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(f"option '{key}' must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise _fail(f"option '{key}' must be in [{low}, {high}], got {value}")
+    return value
+
+
+def _int_list(options: Mapping[str, Any], key: str, low: int, high: int) -> tuple[int, ...]:
+    value = options.get(key)
+    if value is None:
+        return ()
+    values = value if isinstance(value, (list, tuple)) else [value]
+    out = tuple(_int({key: v}, key, None, low, high) for v in values)
+    if list(out) != sorted(set(out)):
+        raise _fail(f"option '{key}' must list distinct depths in increasing order, got {value!r}")
+    return out
+
+
+def _float_list(options: Mapping[str, Any], key: str, low: float, high: float) -> tuple[float, ...]:
+    value = options.get(key)
+    if value is None:
+        return ()
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _fail(f"option '{key}' must be a number or a list of numbers, got {value!r}")
+        if not low <= v <= high:
+            raise _fail(f"option '{key}' must be in [{low}, {high}], got {v}")
+    return tuple(float(v) for v in values)
+
+
+def _choice(options: Mapping[str, Any], key: str, default: str, choices: tuple[str, ...]) -> str:
+    value = options.get(key, default)
+    if value not in choices:
+        raise _fail(f"option '{key}' must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _budget(options: Mapping[str, Any]) -> int | str | None:
+    value = options.get("budget")
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(f"option 'budget' must be 'auto' or an integer >= 1, got {value!r}")
+    return value
+
+
+def _path(options: Mapping[str, Any], key: str, required: bool) -> str | None:
+    value = options.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _fail(f"option '{key}' must be a path (string), got {value!r}")
+    return value
+
+
+def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
+    """Validate a `{"method": "echo", ...}` mapping (CLI JSON or `LLM(speculative_config=)`).
+
+    Raises ValueError naming the offending key and value for: unknown keys (the valid ones
+    listed), wrong types, out-of-range values, inconsistent combinations, and options whose
+    behaviour is not supported yet. Dashes in keys are read as underscores, as vLLM does.
+    """
+    options = {str(k).replace("-", "_"): v for k, v in options.items()}
+    if options.get("method") != METHOD:
+        raise _fail(f"'method' must be {METHOD!r}, got {options.get('method')!r}")
+    unknown = sorted(set(options) - set(VALID_KEYS))
+    if unknown:
+        hint = ""
+        if "num_speculative_tokens" in unknown:
+            hint = " (echo sizes its drafts with 'steps', 'topk' and 'num_draft_tokens')"
+        raise _fail(
+            f"has unknown option(s) {unknown}{hint}; valid options for method 'echo': "
+            f"{sorted(VALID_KEYS)}"
+        )
+
+    steps = _int(options, "steps", 3, 1, MAX_STEPS)
+    topk = _int(options, "topk", 1, 1, MAX_TOPK)
+    max_nodes = 1 + min(pool_size(steps, topk), MAX_DRAFT_TOKENS)
+    default_nodes = min(max_nodes, 32)
+    if options.get("num_draft_tokens") is not None:
+        # Checked against the tree shape first: that is the mistake users make.
+        _int(options, "num_draft_tokens", None, 2, 1 + MAX_DRAFT_TOKENS)
+        if options["num_draft_tokens"] > max_nodes:
+            raise _fail(
+                f"option 'num_draft_tokens' = {options['num_draft_tokens']} is larger than a "
+                f"tree with steps = {steps} and topk = {topk} can produce: at most {max_nodes} "
+                f"nodes (the root plus {max_nodes - 1} drafts)"
+            )
+    num_draft_tokens = _int(options, "num_draft_tokens", default_nodes, 2, max_nodes)
+
+    judge_depth = _int_list(options, "judge_depth", 1, max(1, steps - 1))
+    if judge_depth and steps < 2:
+        raise _fail(f"option 'judge_depth' needs steps >= 2 (a gate before the last depth), got steps = {steps}")
+    threshold = _float_list(options, "threshold", 0.0, 1.0)
+    remaining = _int(options, "remaining_num_draft_tokens", None, 1, num_draft_tokens)
+    if (threshold or remaining is not None) and not judge_depth:
+        raise _fail("options 'threshold' and 'remaining_num_draft_tokens' need 'judge_depth'")
+    if judge_depth and len(threshold) != len(judge_depth):
+        raise _fail(
+            f"option 'threshold' must give one value per judge depth {list(judge_depth)}, "
+            f"got {list(threshold)}"
+        )
+
+    config = EchoConfig(
+        model=_path(options, "model", required=True),
+        steps=steps,
+        topk=topk,
+        num_draft_tokens=num_draft_tokens,
+        judge_depth=judge_depth,
+        threshold=threshold,
+        remaining_num_draft_tokens=remaining,
+        policy=_choice(options, "policy", "static", POLICIES),
+        budget=_budget(options),
+        calibration_file=_path(options, "calibration_file", required=False),
+        vllm_options={k: options[k] for k in VLLM_PASSTHROUGH_KEYS if k in options},
+    )
+    _refuse_not_yet_supported(config)
+    return config
+
+
+def _refuse_not_yet_supported(config: EchoConfig) -> None:
+    used = {
+        "topk": config.topk > 1,
+        "judge_depth": bool(config.judge_depth),
+        "policy": config.policy != "static",
+        "budget": config.budget is not None,
+        "calibration_file": config.calibration_file is not None,
+    }
+    for key, is_used in used.items():
+        if is_used:
+            raise _fail(f"option '{key}': {NOT_YET_SUPPORTED[key]}")
+
+
+def to_vllm_speculative_config(config: EchoConfig) -> dict[str, Any]:
+    """The vLLM `speculative_config` echo runs on: the EAGLE-3 machinery with echo's draft count.
+
+    A chain verifies num_draft_tokens - 1 drafts, so vLLM's per-request draft slots
+    (num_speculative_tokens) are sized to that.
+    """
+    return {
+        "method": "eagle3",
+        "model": config.model,
+        "num_speculative_tokens": config.max_draft_tokens,
+        **config.vllm_options,
+    }

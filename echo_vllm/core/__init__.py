@@ -1,0 +1,1 @@
+"""Pure-torch algorithms (trees, verification, gating, calibration, budget). Never imports vLLM."""

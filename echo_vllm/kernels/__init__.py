@@ -1,0 +1,1 @@
+"""Tree attention and KV moves: a torch reference beside every Triton kernel."""

@@ -1,0 +1,1 @@
+"""Echo's draft proposers inside vLLM."""

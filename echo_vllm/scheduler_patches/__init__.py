@@ -1,0 +1,1 @@
+"""Every patch of a vLLM internal (declared in registry.py) and the budget policy."""

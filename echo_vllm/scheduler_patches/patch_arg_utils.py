@@ -1,0 +1,105 @@
+"""`method: echo` in vLLM's speculative config (vllm/engine/arg_utils.py).
+
+vLLM's `SpeculativeConfig.method` is a closed Literal with extra="forbid", and there is no
+registry of speculative methods, so `{"method": "echo", ...}` is intercepted where both the
+CLI JSON and `LLM(speculative_config=...)` become a `SpeculativeConfig`. Echo's options are
+validated there (before any weight loads), carried to every process inside
+`VllmConfig.additional_config["echo"]` (pickled with the config, so Ray and multiprocessing
+workers see them), and echo's worker class is selected through `ParallelConfig.worker_cls`.
+Underneath, vLLM runs its EAGLE-3 machinery with echo's classes plugged in.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from echo_vllm.config import METHOD, parse_echo_config, to_vllm_speculative_config
+from echo_vllm.draft_head import TargetShape, check_head_matches_target
+from echo_vllm.log import logger
+from echo_vllm.scheduler_patches.registry import VllmPatch
+
+ADDITIONAL_CONFIG_KEY = "echo"
+CPU_WORKER = "echo_vllm.worker.EchoCPUWorker"
+GPU_WORKER = "echo_vllm.worker.EchoGPUWorker"
+
+
+def echo_options(engine_args: Any) -> dict[str, Any] | None:
+    """The user's speculative options if they select method echo, else None.
+
+    Folds in the `--spec-method` / `--spec-model` shorthands the way vLLM does.
+    """
+    options = dict(engine_args.speculative_config or {})
+    if (engine_args.spec_method or options.get("method")) != METHOD:
+        return None
+    for flag, key, value in (
+        ("--spec-method", "method", engine_args.spec_method),
+        ("--spec-model", "model", engine_args.spec_model),
+    ):
+        if value is not None:
+            if key in options:
+                raise ValueError(f"{flag} and --speculative-config['{key}'] are mutually exclusive")
+            options[key] = value
+    if engine_args.spec_tokens is not None:
+        raise ValueError(
+            "echo-vllm: --spec-tokens has no meaning for method 'echo'; size the drafts "
+            "with 'steps', 'topk' and 'num_draft_tokens' in --speculative-config"
+        )
+    return options
+
+
+def select_echo_worker(parallel_config: Any, is_cpu: bool) -> None:
+    if parallel_config.worker_cls != "auto":
+        raise ValueError(
+            f"echo-vllm: method 'echo' runs in its own worker class; remove "
+            f"worker_cls={parallel_config.worker_cls!r}"
+        )
+    parallel_config.worker_cls = CPU_WORKER if is_cpu else GPU_WORKER
+
+
+def _wrap_create_speculative_config(original):
+    @functools.wraps(original)
+    def create_speculative_config(self, target_model_config, target_parallel_config):
+        options = echo_options(self)
+        if options is None:
+            return original(self, target_model_config, target_parallel_config)
+
+        from vllm.config import SpeculativeConfig
+        from vllm.platforms import current_platform
+
+        echo = parse_echo_config(options)
+        check_head_matches_target(
+            echo.model,
+            TargetShape(
+                hidden_size=target_model_config.get_hidden_size(),
+                vocab_size=target_model_config.get_vocab_size(),
+                num_hidden_layers=target_model_config.get_total_num_hidden_layers(),
+            ),
+        )
+        if not isinstance(self.additional_config, dict):
+            raise ValueError("echo-vllm: method 'echo' needs additional_config to be a dict")
+        select_echo_worker(target_parallel_config, current_platform.is_cpu())
+        self.additional_config[ADDITIONAL_CONFIG_KEY] = echo.to_dict()
+        logger.info(
+            "echo-vllm: method 'echo' with head %s: steps=%d topk=%d num_draft_tokens=%d "
+            "policy=%s", echo.model, echo.steps, echo.topk, echo.num_draft_tokens, echo.policy,
+        )
+        return SpeculativeConfig(
+            **to_vllm_speculative_config(echo),
+            target_model_config=target_model_config,
+            target_parallel_config=target_parallel_config,
+        )
+
+    return create_speculative_config
+
+
+PATCH = VllmPatch(
+    target="vllm.engine.arg_utils.EngineArgs.create_speculative_config",
+    vllm="0.32.*",
+    why="accept method 'echo' (vLLM's method Literal is closed, extra keys forbidden): "
+    "validate echo's options before any model loads and translate them to the EAGLE-3 "
+    "machinery plus echo's worker class",
+    upstream="none: vLLM has no registry of speculative methods (RFC #36219 proposes one)",
+    remove_when="vLLM offers a speculative-method registry",
+    wrap=_wrap_create_speculative_config,
+)

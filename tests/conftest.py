@@ -1,0 +1,48 @@
+"""Shared fixtures. Engines are expensive (10-50 s to start): share them per module."""
+
+import gc
+import os
+import random
+
+import pytest
+
+# Tests never touch a model hub, and call collective_rpc with small test functions.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+
+from tiny_models import build_tiny_head, build_tiny_llama  # noqa: E402
+
+# Small, explicit KV cache: several tiny engines may be alive in one test session.
+TINY_ENGINE = dict(
+    dtype="float32",
+    skip_tokenizer_init=True,
+    kv_cache_memory_bytes=256 << 20,
+    max_model_len=1024,
+    enforce_eager=True,
+    seed=0,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_target(tmp_path_factory) -> str:
+    return build_tiny_llama(str(tmp_path_factory.mktemp("tiny_target")))
+
+
+@pytest.fixture(scope="session")
+def tiny_head(tmp_path_factory, tiny_target) -> str:
+    return build_tiny_head(str(tmp_path_factory.mktemp("tiny_head")), tiny_target)
+
+
+def random_token_prompts(n: int, vocab: int, min_len: int, max_len: int, seed: int):
+    rng = random.Random(seed)
+    return [
+        {"prompt_token_ids": [rng.randrange(vocab) for _ in range(rng.randint(min_len, max_len))]}
+        for _ in range(n)
+    ]
+
+
+def shutdown(llm) -> None:
+    """Stop an engine now, not whenever the garbage collector gets to it."""
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
