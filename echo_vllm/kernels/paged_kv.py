@@ -1,0 +1,74 @@
+"""Reading and moving K/V in vLLM's CPU paged KV cache (the `vec`/`vec16` layouts).
+
+vLLM 0.32's CPU attention stores one tensor per layer, [num_blocks, kv_heads, block_size,
+2 * head_size], but the bytes are ISA-packed: for each (block, head) the first
+block_size * head_size values hold K *transposed* ([head_size, block_size]) and the next
+block_size * head_size hold V ([block_size, head_size]). This is the layout the C++ writer
+`cpu_attn_reshape_and_cache` produces for fp32/fp16 with the `vec` and `vec16` kernels (checked
+against it in tests/kernels/test_paged_kv.py). Slot s lives in block s // block_size at
+offset s % block_size.
+
+Shape key: M slots, Hkv kv heads, Dh head size, bs block size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_ISAS = ("vec", "vec16")
+
+
+def check_isa(isa: str) -> None:
+    if isa not in SUPPORTED_ISAS:
+        raise RuntimeError(
+            f"echo-vllm: tree attention reads the CPU KV cache in the {SUPPORTED_ISAS} layouts, "
+            f"but this engine uses {isa!r} (bf16 on AMX / ARM / other CPUs); run with "
+            "dtype float32 or float16"
+        )
+
+
+def _split(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K view [nb, Hkv, Dh, bs] and V view [nb, Hkv, bs, Dh] of one layer's cache."""
+    num_blocks, kv_heads, block_size, two_dh = kv_cache.shape
+    head_size = two_dh // 2
+    flat = kv_cache.view(num_blocks, kv_heads, 2, block_size * head_size)
+    key = flat[:, :, 0].view(num_blocks, kv_heads, head_size, block_size)
+    value = flat[:, :, 1].view(num_blocks, kv_heads, block_size, head_size)
+    return key, value
+
+
+def gather_kv(kv_cache: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of `slots` [M] as dense [M, Hkv, Dh] tensors (copies)."""
+    block_size = kv_cache.shape[2]
+    key, value = _split(kv_cache)
+    blocks, offsets = slots // block_size, slots % block_size
+    k = key[blocks, :, :, offsets]  # [M, Hkv, Dh]
+    v = value[blocks, :, offsets, :]  # [M, Hkv, Dh]
+    return k, v
+
+
+def scatter_kv(kv_cache: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Write dense k, v [M, Hkv, Dh] into `slots` [M] of the cache, in place."""
+    block_size = kv_cache.shape[2]
+    key, value = _split(kv_cache)
+    blocks, offsets = slots // block_size, slots % block_size
+    key[blocks, :, :, offsets] = k.to(kv_cache.dtype)
+    value[blocks, :, offsets, :] = v.to(kv_cache.dtype)
+
+
+def move_kv(kv_caches: list[torch.Tensor], src_slots: torch.Tensor, dst_slots: torch.Tensor) -> None:
+    """Copy K/V from src_slots to dst_slots [M] in every layer's cache.
+
+    All sources are read before any destination is written, so overlapping moves are safe.
+    """
+    for kv_cache in kv_caches:
+        k, v = gather_kv(kv_cache, src_slots)
+        scatter_kv(kv_cache, dst_slots, k, v)
+
+
+def slots_of(block_table_row: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Slots of token positions [M] of one request, through its block table row.
+
+    Worked example: block table [7, 2], block size 32: positions [0, 31, 32] -> [224, 255, 64].
+    """
+    return block_table_row[positions // block_size].long() * block_size + positions % block_size

@@ -1,0 +1,50 @@
+"""Our reading of vLLM's CPU KV layout agrees with vLLM's own C++ writer and attention kernel."""
+
+import pytest
+import torch
+from vllm import _custom_ops as ops
+
+from echo_vllm.kernels.paged_kv import gather_kv, move_kv, scatter_kv, slots_of
+
+NUM_BLOCKS, KV_HEADS, BLOCK, DH = 5, 2, 32, 64
+
+
+def vllm_views(cache):
+    """How vLLM's CPU backend splits one layer's cache for its C++ ops."""
+    kv = cache.view(NUM_BLOCKS, KV_HEADS, BLOCK * 2, DH)
+    return kv.chunk(2, dim=2)
+
+
+@pytest.mark.parametrize("isa", ["vec", "vec16"])
+def test_gather_reads_what_the_cpp_writer_wrote(isa):
+    cache = torch.zeros(NUM_BLOCKS, KV_HEADS, BLOCK, 2 * DH)
+    slots = torch.tensor([0, 1, 31, 32, 70, 159])
+    k, v = torch.randn(6, KV_HEADS, DH), torch.randn(6, KV_HEADS, DH)
+    key_cache, value_cache = vllm_views(cache)
+    ops.cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, isa)
+    gk, gv = gather_kv(cache, slots)
+    assert torch.equal(gk, k) and torch.equal(gv, v)
+
+
+def test_scatter_writes_what_the_cpp_writer_would():
+    ours, theirs = (torch.zeros(NUM_BLOCKS, KV_HEADS, BLOCK, 2 * DH) for _ in range(2))
+    slots = torch.tensor([3, 40, 41, 100])
+    k, v = torch.randn(4, KV_HEADS, DH), torch.randn(4, KV_HEADS, DH)
+    scatter_kv(ours, slots, k, v)
+    ops.cpu_attn_reshape_and_cache(k, v, *vllm_views(theirs), slots, "vec")
+    assert torch.equal(ours, theirs)
+
+
+def test_move_reads_all_sources_before_writing():
+    cache = torch.zeros(NUM_BLOCKS, KV_HEADS, BLOCK, 2 * DH)
+    slots = torch.arange(8)
+    k, v = torch.randn(8, KV_HEADS, DH), torch.randn(8, KV_HEADS, DH)
+    scatter_kv(cache, slots, k, v)
+    # accepted tree nodes 2, 5, 7 move to the chain slots 1, 2, 3 (2 is a source and a target)
+    move_kv([cache], torch.tensor([2, 5, 7]), torch.tensor([1, 2, 3]))
+    gk, gv = gather_kv(cache, torch.tensor([0, 1, 2, 3]))
+    assert torch.equal(gk, k[[0, 2, 5, 7]]) and torch.equal(gv, v[[0, 2, 5, 7]])
+
+
+def test_slots_of_worked_example():
+    assert slots_of(torch.tensor([7, 2]), torch.tensor([0, 31, 32]), 32).tolist() == [224, 255, 64]
