@@ -37,8 +37,6 @@ VLLM_PASSTHROUGH_KEYS = ("draft_tensor_parallel_size", "max_model_len", "enforce
 # Options accepted and validated now whose behaviour lands with a later part of the project;
 # a non-default value is refused with a clear message instead of being silently ignored.
 NOT_YET_SUPPORTED = {
-    "topk": "draft trees (topk > 1) need tree verification, which is not supported yet; "
-    "use topk = 1 (a draft chain)",
     "judge_depth": "sparse confidence gating is not supported yet; remove 'judge_depth', "
     "'threshold' and 'remaining_num_draft_tokens'",
     "policy": "policies other than 'static' are not supported yet",
@@ -217,7 +215,6 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
 
 def _refuse_not_yet_supported(config: EchoConfig) -> None:
     used = {
-        "topk": config.topk > 1,
         "judge_depth": bool(config.judge_depth),
         "policy": config.policy != "static",
         "budget": config.budget is not None,
@@ -231,12 +228,14 @@ def _refuse_not_yet_supported(config: EchoConfig) -> None:
 def to_vllm_speculative_config(config: EchoConfig) -> dict[str, Any]:
     """The vLLM `speculative_config` echo runs on: the EAGLE-3 machinery with echo's draft count.
 
-    A chain verifies num_draft_tokens - 1 drafts, so vLLM's per-request draft slots
-    (num_speculative_tokens) are sized to that.
+    A request verifies num_draft_tokens - 1 drafts, so vLLM's per-request draft slots
+    (num_speculative_tokens) are sized to that. The padded drafter batch is off: its input
+    prep assumes rejected drafts sit after the accepted ones, true for chains only.
     """
     return {
         "method": "eagle3",
         "model": config.model,
         "num_speculative_tokens": config.max_draft_tokens,
+        "disable_padded_drafter_batch": True,
         **config.vllm_options,
     }

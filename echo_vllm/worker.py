@@ -2,19 +2,20 @@
 
 Both vLLM workers build the V1 model runner echo extends: the GPU worker through its
 `_make_model_runner` factory, the CPU worker inline in `init_device` (no factory there), so
-the CPU worker replaces the runner it just built. The runner swaps in echo's proposer.
+the CPU worker replaces the runner it just built.
 """
 
 from __future__ import annotations
 
 from vllm.config import VllmConfig
+from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.gpu_worker import Worker
 
 from echo_vllm.config import EchoConfig, parse_echo_config
-from echo_vllm.proposers.eagle_tree import EchoProposer
+from echo_vllm.runner import EchoRunnerMixin
 from echo_vllm.scheduler_patches.patch_arg_utils import ADDITIONAL_CONFIG_KEY
 
 
@@ -29,16 +30,6 @@ def echo_config_of(vllm_config: VllmConfig) -> EchoConfig:
     return parse_echo_config(options)
 
 
-class EchoRunnerMixin:
-    """Put echo's proposer where vLLM's V1 runner put its EAGLE proposer."""
-
-    def __init__(self, vllm_config: VllmConfig, device):
-        super().__init__(vllm_config, device)
-        self.echo_config = echo_config_of(vllm_config)
-        if hasattr(self, "drafter"):  # only the last pipeline stage drafts
-            self.drafter = EchoProposer(vllm_config, device, self.echo_config, runner=self)
-
-
 class EchoCPUModelRunner(EchoRunnerMixin, CPUModelRunner):
     pass
 
@@ -48,16 +39,23 @@ class EchoGPUModelRunner(EchoRunnerMixin, GPUModelRunner):
 
 
 class EchoCPUWorker(CPUWorker):
+    def __init__(self, vllm_config: VllmConfig, *args, **kwargs):
+        super().__init__(vllm_config, *args, **kwargs)
+        self.use_v2_model_runner = False
+        # Tree rows need masks the C++ kernel lacks; echo's backend keeps vLLM's name
+        # (the CPU platform selects CPU_ATTN whatever is configured).
+        register_backend(
+            AttentionBackendEnum.CPU_ATTN, "echo_vllm.kernels.cpu_backend.EchoCPUAttentionBackend"
+        )
+
     def init_device(self) -> None:
         super().init_device()
-        self.model_runner = EchoCPUModelRunner(self.vllm_config, self.device)
+        self.model_runner = EchoCPUModelRunner(self.vllm_config, self.device, echo_config_of(self.vllm_config))
 
 
 class EchoGPUWorker(Worker):
     def _make_model_runner(self) -> GPUModelRunner:
-        if self.use_v2_model_runner:
-            raise RuntimeError(
-                "echo-vllm: method 'echo' extends vLLM's V1 model runner; on GPU start vLLM "
-                "with VLLM_USE_V2_MODEL_RUNNER=0"
-            )
-        return EchoGPUModelRunner(self.vllm_config, self.device)
+        raise RuntimeError(
+            "echo-vllm: draft-tree verification runs on vLLM's CPU platform only so far "
+            "(the GPU tree-attention backend is not written yet)"
+        )

@@ -27,6 +27,7 @@ class Frontier:
     tokens: torch.Tensor  # [B, K] int64
     scores: torch.Tensor  # [B, K] float32, cumulative log-probability
     pool_idx: torch.Tensor  # [B, K] int64, position of each frontier node in the pool
+    parent_pos: torch.Tensor  # [B, K] int64, position of each node's parent in the previous frontier
 
 
 @dataclass(frozen=True)
@@ -48,34 +49,36 @@ class Tree:
     num_nodes: torch.Tensor  # [B] int64, root included
 
 
-def root_frontier(root_logprobs: torch.Tensor, topk: int) -> tuple[Frontier, Pool]:
-    """Depth 1: the draft's top-k tokens after the root. root_logprobs [B, V]."""
-    scores, tokens = root_logprobs.float().topk(topk, dim=-1)
-    batch = root_logprobs.shape[0]
+def root_frontier(top_logprobs: torch.Tensor, top_tokens: torch.Tensor) -> tuple[Frontier, Pool]:
+    """Depth 1: the draft's top-k tokens after the root, best first. Both [B, K]."""
+    batch, topk = top_logprobs.shape
     pool_idx = torch.arange(topk).expand(batch, topk)
+    zeros = torch.zeros(batch, topk, dtype=torch.int64)
     parents = torch.full((batch, topk), -1, dtype=torch.int64)
-    return Frontier(tokens, scores, pool_idx), Pool(tokens, scores, parents)
+    scores = top_logprobs.float()
+    return Frontier(top_tokens, scores, pool_idx, zeros), Pool(top_tokens, scores, parents)
 
 
 def expand_frontier(
-    frontier: Frontier, child_logprobs: torch.Tensor, pool: Pool
+    frontier: Frontier, top_logprobs: torch.Tensor, top_tokens: torch.Tensor, pool: Pool
 ) -> tuple[Frontier, Pool]:
     """One depth deeper: every frontier node proposes its top-k children; the k best
     children by cumulative score become the next frontier; all k*k join the pool.
 
-    child_logprobs [B, K, V]: the draft's log-probabilities after each frontier node.
+    top_logprobs, top_tokens [B, K, K]: the draft's k best tokens after each frontier node.
     Worked example (B=1, K=2): frontier scores [-0.1, -0.5]; children log-probs
     [[-0.2, -0.3], [-0.1, -2.0]] -> candidates [-0.3, -0.4, -0.6, -2.5]; next frontier
-    = candidates 0 and 1, both children of frontier node 0.
+    = candidates 0 and 1, both children of frontier node 0 (parent_pos [0, 0]).
     """
     batch, topk = frontier.scores.shape
-    top_logprobs, top_tokens = child_logprobs.float().topk(topk, dim=-1)  # [B, K, K]
-    cand_scores = (frontier.scores.unsqueeze(-1) + top_logprobs).reshape(batch, topk * topk)
+    cand_scores = (frontier.scores.unsqueeze(-1) + top_logprobs.float()).reshape(batch, topk * topk)
     cand_tokens = top_tokens.reshape(batch, topk * topk)
     cand_parents = frontier.pool_idx.repeat_interleave(topk, dim=1)  # [B, K*K]
-    first_new = pool.tokens.shape[1]
     next_scores, chosen = cand_scores.topk(topk, dim=-1)
-    next_frontier = Frontier(cand_tokens.gather(1, chosen), next_scores, first_new + chosen)
+    first_new = pool.tokens.shape[1]
+    next_frontier = Frontier(
+        cand_tokens.gather(1, chosen), next_scores, first_new + chosen, chosen // topk
+    )
     grown = Pool(
         torch.cat([pool.tokens, cand_tokens], dim=1),
         torch.cat([pool.scores, cand_scores], dim=1),
@@ -158,11 +161,3 @@ def tree_positions(depths: torch.Tensor, prefix_lens: torch.Tensor) -> torch.Ten
     """
     return prefix_lens.view(-1, 1) + depths
 
-
-def path_to(node: int, parent_idx: list[int]) -> list[int]:
-    """Tree indices from the root's first child down to `node` (root excluded)."""
-    path = []
-    while node > 0:
-        path.append(node)
-        node = parent_idx[node]
-    return path[::-1]

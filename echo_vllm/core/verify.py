@@ -69,7 +69,8 @@ def verify_sampled(
     node, path = 0, []
     while True:
         probs = target_probs[node]
-        kids = children[node]
+        # a negative draft token is a placeholder, never a real child
+        kids = [c for c in children[node] if tokens[c] >= 0]
         kid_probs = probs[[tokens[c] for c in kids]].tolist() if kids else []
         remaining = 1.0  # mass of p not yet removed by rejected children
         accepted = None
@@ -100,27 +101,29 @@ def _sample_residual(
 def verify_trees(
     tokens: torch.Tensor,
     parent_idx: torch.Tensor,
-    num_nodes: torch.Tensor,
+    cu_num_nodes: torch.Tensor,
     target_logits: torch.Tensor,
     is_greedy: list[bool],
     generators: dict[int, torch.Generator],
 ) -> list[Verdict]:
     """Verify a batch of trees, each request by its own rule.
 
-    tokens, parent_idx [B, N] (padded); num_nodes [B]; target_logits [B, N, V]: the target's
-    logits with each request's sampling constraints applied (temperature, top-k, top-p;
-    unchanged for greedy requests, whose argmax is taken on them directly).
-    generators: request row -> generator, for requests with a seed.
+    Flat layout, T = total nodes: tokens, parent_idx [T] (parents local to their request,
+    -1 at its root); cu_num_nodes [B] inclusive cumulative node counts, e.g. trees of 4, 1
+    and 3 nodes -> [4, 5, 8]; target_logits [T, V]: the target's logits with each request's
+    sampling constraints applied (temperature, top-k, top-p; unchanged for greedy requests,
+    whose argmax is taken on them directly). generators: request -> its seeded generator.
     """
-    sizes = num_nodes.tolist()
+    ends = cu_num_nodes.tolist()
+    starts = [0, *ends[:-1]]
     tokens_l, parents_l = tokens.tolist(), parent_idx.tolist()
     argmax_l = target_logits.argmax(dim=-1).tolist() if any(is_greedy) else None
     verdicts = []
-    for row, size in enumerate(sizes):
-        tree_tokens, tree_parents = tokens_l[row][:size], parents_l[row][:size]
+    for row, (start, end) in enumerate(zip(starts, ends)):
+        tree_tokens, tree_parents = tokens_l[start:end], parents_l[start:end]
         if is_greedy[row]:
-            verdicts.append(verify_greedy(tree_tokens, tree_parents, argmax_l[row]))
+            verdicts.append(verify_greedy(tree_tokens, tree_parents, argmax_l[start:end]))
         else:
-            probs = target_logits[row, :size].float().softmax(dim=-1)
+            probs = target_logits[start:end].float().softmax(dim=-1)
             verdicts.append(verify_sampled(tree_tokens, tree_parents, probs, generators.get(row)))
     return verdicts

@@ -66,9 +66,20 @@ def move_kv(kv_caches: list[torch.Tensor], src_slots: torch.Tensor, dst_slots: t
         scatter_kv(kv_cache, dst_slots, k, v)
 
 
-def slots_of(block_table_row: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Slots of token positions [M] of one request, through its block table row.
+def slots_of(block_table: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Slots of token positions through block tables: [B, nblk] and [B, M] -> [B, M].
 
-    Worked example: block table [7, 2], block size 32: positions [0, 31, 32] -> [224, 255, 64].
+    Worked example: block table [[7, 2]], block size 32: positions [[0, 31, 32]] ->
+    [[224, 255, 64]].
     """
-    return block_table_row[positions // block_size].long() * block_size + positions % block_size
+    blocks = block_table.long().gather(1, positions // block_size)
+    return blocks * block_size + positions % block_size
+
+
+def prefix_slots(block_table: torch.Tensor, prefix_lens: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Slots of positions 0..len-1 of each request, [B, max len]; the padding repeats the
+    last real slot (callers mask it out by length). Every length must be >= 1."""
+    max_len = int(prefix_lens.max())
+    positions = torch.arange(max_len).expand(len(prefix_lens), max_len)
+    positions = positions.minimum((prefix_lens - 1).view(-1, 1))
+    return slots_of(block_table, positions, block_size)

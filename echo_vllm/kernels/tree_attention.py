@@ -1,7 +1,9 @@
-"""Tree attention: each node attends to the whole prefix plus its own ancestors (and itself).
+"""Tree attention: each tree node attends to its request's whole prefix, then to the tree
+nodes its mask allows (its ancestors and itself).
 
-Shape key: N tree nodes of one request, P prefix tokens (already in the KV cache), H query
-heads, Hkv kv heads (H % Hkv == 0, grouped-query attention), Dh head size.
+Shape key: B requests, N query nodes per request, M tree keys per request, P prefix tokens
+(padded to the longest prefix of the batch), H query heads, Hkv kv heads (H % Hkv == 0,
+grouped-query attention), Dh head size.
 
 This torch implementation is the reference every faster kernel is tested against, and the
 CPU path (vLLM's CPU attention kernel knows only causal masks).
@@ -15,28 +17,30 @@ import torch.nn.functional as F
 
 def tree_attention(
     query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
+    tree_key: torch.Tensor,
+    tree_value: torch.Tensor,
+    tree_mask: torch.Tensor,
     prefix_key: torch.Tensor,
     prefix_value: torch.Tensor,
-    ancestor_mask: torch.Tensor,
+    prefix_lens: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Attention of one request's tree nodes.
+    """Masked attention over [prefix | tree] keys, for a batch of requests.
 
-    query [N, H, Dh]; key, value [N, Hkv, Dh] (the nodes' own, RoPE already applied);
-    prefix_key, prefix_value [P, Hkv, Dh]; ancestor_mask [N, N] bool (row i: node i's
-    ancestors and itself). Returns [N, H, Dh].
+    query [B, N, H, Dh]; tree_key, tree_value [B, M, Hkv, Dh] (RoPE already applied);
+    tree_mask [B, N, M] bool (query node i may see tree key j); prefix_key, prefix_value
+    [B, P, Hkv, Dh], of which the first prefix_lens [B] rows of each request are real.
+    Every query must see at least one key. Returns [B, N, H, Dh].
     """
-    num_nodes, prefix_len = query.shape[0], prefix_key.shape[0]
-    keys = torch.cat([prefix_key, key]).transpose(0, 1)  # [Hkv, P+N, Dh]
-    values = torch.cat([prefix_value, value]).transpose(0, 1)
+    num_queries, prefix_pad = query.shape[1], prefix_key.shape[1]
+    prefix_visible = torch.arange(prefix_pad, device=query.device) < prefix_lens.view(-1, 1)
     visible = torch.cat(
-        [torch.ones(num_nodes, prefix_len, dtype=torch.bool, device=query.device), ancestor_mask],
-        dim=1,
-    )  # [N, P+N]
+        [prefix_visible.unsqueeze(1).expand(-1, num_queries, -1), tree_mask], dim=2
+    )  # [B, N, P+M]
+    keys = torch.cat([prefix_key, tree_key], dim=1).transpose(1, 2)  # [B, Hkv, P+M, Dh]
+    values = torch.cat([prefix_value, tree_value], dim=1).transpose(1, 2)
     out = F.scaled_dot_product_attention(
-        query.transpose(0, 1), keys.to(query.dtype), values.to(query.dtype),
-        attn_mask=visible, scale=scale, enable_gqa=True,
-    )  # [H, N, Dh]
-    return out.transpose(0, 1)
+        query.transpose(1, 2), keys.to(query.dtype), values.to(query.dtype),
+        attn_mask=visible.unsqueeze(1), scale=scale, enable_gqa=True,
+    )  # [B, H, N, Dh]
+    return out.transpose(1, 2)

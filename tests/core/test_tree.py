@@ -18,30 +18,37 @@ def log(*probs):
     return torch.tensor([math.log(p) for p in probs])
 
 
+def top(logprobs, k):
+    """The draft's k best tokens, as the proposer hands them to the core."""
+    values, tokens = logprobs.topk(k, dim=-1)
+    return values, tokens
+
+
 def test_root_frontier_takes_the_draft_top_k():
-    frontier, pool = root_frontier(log(0.1, 0.6, 0.3).unsqueeze(0), topk=2)
+    frontier, pool = root_frontier(*top(log(0.1, 0.6, 0.3).unsqueeze(0), 2))
     assert frontier.tokens.tolist() == [[1, 2]]
     assert frontier.pool_idx.tolist() == [[0, 1]]
     assert pool.parent_idx.tolist() == [[-1, -1]]
 
 
 def test_expand_frontier_keeps_the_best_children_by_cumulative_score():
-    frontier, pool = root_frontier(log(0.1, 0.6, 0.3).unsqueeze(0), topk=2)  # tokens 1 (.6), 2 (.3)
+    frontier, pool = root_frontier(*top(log(0.1, 0.6, 0.3).unsqueeze(0), 2))  # tokens 1 (.6), 2 (.3)
     # after token 1: children 0 (.5) and 2 (.4); after token 2: children 1 (.9) and 0 (.05)
     child_logprobs = torch.stack([log(0.5, 0.1, 0.4), log(0.05, 0.9, 0.05)]).unsqueeze(0)
-    nxt, grown = expand_frontier(frontier, child_logprobs, pool)
+    nxt, grown = expand_frontier(frontier, *top(child_logprobs, 2), pool)
     # candidate cumulative probs: .30, .24 (under token 1), .27, .015 (under token 2)
     assert grown.tokens.tolist() == [[1, 2, 0, 2, 1, 0]]
     assert grown.parent_idx.tolist() == [[-1, -1, 0, 0, 1, 1]]
     assert nxt.tokens.tolist() == [[0, 1]]  # .30 under token 1, then .27 under token 2
     assert nxt.pool_idx.tolist() == [[2, 4]]
+    assert nxt.parent_pos.tolist() == [[0, 1]]
     assert torch.allclose(nxt.scores.exp(), torch.tensor([[0.30, 0.27]]))
 
 
 def test_select_tree_is_connected_and_in_pool_order():
-    frontier, pool = root_frontier(log(0.1, 0.6, 0.3).unsqueeze(0), topk=2)
+    frontier, pool = root_frontier(*top(log(0.1, 0.6, 0.3).unsqueeze(0), 2))
     child_logprobs = torch.stack([log(0.5, 0.1, 0.4), log(0.05, 0.9, 0.05)]).unsqueeze(0)
-    _, pool = expand_frontier(frontier, child_logprobs, pool)
+    _, pool = expand_frontier(frontier, *top(child_logprobs, 2), pool)
     # pool probs: [.6, .3, .30, .24, .27, .015]; best 4: pool 0, 1, 2, 4
     tree = select_tree(pool, root_tokens=torch.tensor([7]), num_nodes=torch.tensor([5]))
     assert tree.tokens.tolist() == [[7, 1, 2, 0, 1]]
@@ -50,7 +57,7 @@ def test_select_tree_is_connected_and_in_pool_order():
 
 
 def test_select_tree_sizes_differ_per_request_and_pad():
-    frontier, pool = root_frontier(torch.stack([log(0.1, 0.6, 0.3), log(0.7, 0.2, 0.1)]), topk=2)
+    frontier, pool = root_frontier(*top(torch.stack([log(0.1, 0.6, 0.3), log(0.7, 0.2, 0.1)]), 2))
     tree = select_tree(pool, root_tokens=torch.tensor([5, 6]), num_nodes=torch.tensor([3, 2]))
     assert tree.tokens.tolist() == [[5, 1, 2], [6, 0, 0]]
     assert tree.parent_idx.tolist() == [[-1, 0, 0], [-1, 0, -1]]
@@ -59,9 +66,9 @@ def test_select_tree_sizes_differ_per_request_and_pad():
 
 def test_ties_never_disconnect_the_tree():
     # a child with draft probability 1 ties its parent's score; the parent must come first
-    frontier, pool = root_frontier(log(0.5, 0.5, 1e-9).unsqueeze(0), topk=2)
+    frontier, pool = root_frontier(*top(log(0.5, 0.5, 1e-9).unsqueeze(0), 2))
     child_logprobs = torch.stack([log(1.0 - 2e-9, 1e-9, 1e-9)] * 2).unsqueeze(0)
-    _, pool = expand_frontier(frontier, child_logprobs, pool)
+    _, pool = expand_frontier(frontier, *top(child_logprobs, 2), pool)
     tree = select_tree(pool, torch.tensor([0]), torch.tensor([4]))
     parents = tree.parent_idx[0].tolist()
     assert all(0 <= parents[i] < i for i in range(1, 4)), parents

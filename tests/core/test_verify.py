@@ -90,16 +90,25 @@ def test_seeded_verification_repeats():
 
 
 def test_batch_mixes_greedy_and_sampled_requests_of_different_sizes():
-    tokens = torch.tensor([STAR[0], CHAIN[0], [9, 1, 0, 0]])
-    parents = torch.tensor([STAR[1], CHAIN[1], [-1, 0, -1, -1]])
-    logits = torch.full((3, 4, 6), -10.0)
-    logits[0, 0, 4] = 10.0  # greedy: root argmax 4 = node 3
-    logits[0, 3, 1] = 10.0
-    logits[1, :, :] = torch.log(torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0]) + 1e-30)  # sampled, p(2)=1
-    logits[2, 0, 1] = 10.0  # greedy: accept node 1, then bonus argmax of row 1
-    logits[2, 1, 5] = 10.0
-    verdicts = verify_trees(tokens, parents, torch.tensor([4, 4, 2]), logits,
+    # flat layout: a star (4 nodes, greedy), a chain (4 nodes, sampled), a pair (2 nodes, greedy)
+    tokens = torch.tensor(STAR[0] + CHAIN[0] + [9, 1])
+    parents = torch.tensor(STAR[1] + CHAIN[1] + [-1, 0])
+    logits = torch.full((10, 6), -10.0)
+    logits[0, 4] = 10.0  # star root argmax 4 = node 3
+    logits[3, 1] = 10.0  # node 3's argmax: the bonus token 1
+    logits[4:8] = torch.log(torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0]) + 1e-30)  # p(2) = 1
+    logits[8, 1] = 10.0  # pair: accept node 1, then the bonus argmax of its row
+    logits[9, 5] = 10.0
+    verdicts = verify_trees(tokens, parents, torch.tensor([4, 8, 10]), logits,
                             is_greedy=[True, False, True], generators={})
     assert verdicts[0].output_tokens == [4, 1]
     assert verdicts[1].output_tokens == [2, 2]  # node 1 (token 2) accepted, node 2 (token 3) not
     assert verdicts[2].output_tokens == [1, 5]
+
+
+def test_placeholder_drafts_are_never_accepted():
+    probs = torch.full((3, 6), 1 / 6)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        assert verify_sampled([9, -1, -1], [-1, 0, 1], probs, g).accepted_nodes == ()
+    assert verify_greedy([9, -1, -1], [-1, 0, 1], [5, 5, 5]).output_tokens == [5]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from vllm import _custom_ops as ops
 
-from echo_vllm.kernels.paged_kv import gather_kv, move_kv, scatter_kv, slots_of
+from echo_vllm.kernels.paged_kv import gather_kv, move_kv, prefix_slots, scatter_kv, slots_of
 
 NUM_BLOCKS, KV_HEADS, BLOCK, DH = 5, 2, 32, 64
 
@@ -47,4 +47,9 @@ def test_move_reads_all_sources_before_writing():
 
 
 def test_slots_of_worked_example():
-    assert slots_of(torch.tensor([7, 2]), torch.tensor([0, 31, 32]), 32).tolist() == [224, 255, 64]
+    assert slots_of(torch.tensor([[7, 2]]), torch.tensor([[0, 31, 32]]), 32).tolist() == [[224, 255, 64]]
+
+
+def test_prefix_slots_pad_with_the_last_real_slot():
+    table = torch.tensor([[7, 2], [3, 0]])
+    assert prefix_slots(table, torch.tensor([3, 1]), 32).tolist() == [[224, 225, 226], [96, 96, 96]]

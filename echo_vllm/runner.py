@@ -1,0 +1,261 @@
+"""Draft trees inside vLLM's V1 model runner (a mixin over GPUModelRunner / CPUModelRunner).
+
+vLLM verifies chains. Its scheduler and runner still carry a tree unchanged if the drafts of
+a request are a flat list in tree order (every parent before its children): truncating the
+list keeps a connected tree, KV slots stay one per node, and vLLM already computes logits
+for every scheduled draft row. Echo adds, per step:
+
+  _prepare_inputs            positions of tree rows = prefix + depth (slots stay distinct)
+  _build_attention_metadata  the ancestor masks, for the attention backend
+  _sample                    tree verification, then the accepted nodes' KV moved to the
+                             slots of a chain (prefix+1, prefix+2, ...), which is what the
+                             scheduler's rollback assumes
+  propose_draft_token_ids    the accepted nodes' rows moved the same way (tokens, positions,
+                             target hidden states), so vLLM's EAGLE input prep, written for
+                             chains, hands the drafter the accepted path; then echo's
+                             proposer drafts the next trees
+
+The step's trees must live from _prepare_inputs to drafting, across vLLM's own call chain,
+so they are kept on the runner (`_echo_step`), as are the drafted trees until their drafts
+are scheduled (`_echo_trees`, by request id).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from vllm.config import VllmConfig
+from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
+from vllm.config.vllm import get_layers_from_vllm_config
+
+from echo_vllm.core.tree import ancestor_mask, node_depths
+from echo_vllm.core.verify import Verdict
+from echo_vllm.kernels.cpu_backend import METADATA_ATTRIBUTE, TreeAttentionBatch
+from echo_vllm.kernels.paged_kv import check_isa, move_kv, prefix_slots, slots_of
+from echo_vllm.proposers.eagle_tree import EchoProposer
+from echo_vllm.tree_sampler import sample_trees
+
+
+@dataclass(frozen=True)
+class TreeStep:
+    """The draft trees verified in one step. R requests, N nodes (padded); node 0 = root."""
+
+    rows: list[int]  # batch rows of the requests verifying drafts, increasing
+    root_rows: torch.Tensor  # [R] int64: token row of each root in the step's batch
+    tokens: torch.Tensor  # [R, N] int64, padding 0
+    parent_idx: torch.Tensor  # [R, N] int64, -1 at roots and in padding
+    num_nodes: torch.Tensor  # [R] int64
+    prefix_lens: torch.Tensor  # [R] int64: tokens in the KV cache before each root
+    block_table: torch.Tensor  # [R, nblk] int32: each request's KV blocks
+    attention: TreeAttentionBatch | None  # the trees that are not chains
+
+
+@dataclass(frozen=True)
+class PendingTree:
+    """A drafted tree waiting for its drafts to be scheduled."""
+
+    drafts: list[int]  # the draft tokens, in tree order (the root excluded)
+    parent_idx: list[int]  # for nodes 0..len(drafts): -1 for the root
+
+
+def chain_parents(num_nodes: int) -> list[int]:
+    return [-1, *range(num_nodes - 1)]
+
+
+class EchoRunnerMixin:
+    """Put echo's proposer and tree verification into vLLM's V1 runner."""
+
+    def __init__(self, vllm_config: VllmConfig, device, echo_config):
+        super().__init__(vllm_config, device)
+        self.echo_config = echo_config
+        if hasattr(self, "drafter"):  # only the last pipeline stage drafts
+            self.drafter = EchoProposer(vllm_config, device, echo_config, runner=self)
+        self._echo_trees: dict[str, PendingTree] = {}
+        self._echo_step: TreeStep | None = None
+        # token rows (source, destination) of accepted nodes, for the drafter's inputs
+        self._echo_row_moves: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._echo_target_kv_caches: list[torch.Tensor] | None = None
+
+    # ---- scheduling state -------------------------------------------------------------
+
+    def _update_states(self, scheduler_output):
+        for req_id in scheduler_output.finished_req_ids:
+            self._echo_trees.pop(req_id, None)
+        return super()._update_states(scheduler_output)
+
+    def _tree_parents(self, req_id: str, drafts: list[int]) -> list[int]:
+        """Parents of the scheduled drafts: the drafted tree truncated as the scheduler did.
+        Drafts echo did not draft (none pending, or other tokens) verify as a chain, which
+        is just as lossless."""
+        pending = self._echo_trees.get(req_id)
+        if pending is None or pending.drafts[: len(drafts)] != list(drafts):
+            return chain_parents(len(drafts) + 1)
+        return pending.parent_idx[: len(drafts) + 1]
+
+    # ---- inputs -----------------------------------------------------------------------
+
+    def _prepare_inputs(self, scheduler_output, num_scheduled_tokens: np.ndarray):
+        result = super()._prepare_inputs(scheduler_output, num_scheduled_tokens)
+        self._echo_step = self._build_tree_step(scheduler_output, num_scheduled_tokens)
+        self._echo_row_moves = None
+        if self._echo_step is not None:
+            step = self._echo_step
+            rows, nodes = self._node_rows(step)
+            depths = node_depths(step.parent_idx)
+            positions = step.prefix_lens.unsqueeze(1) + depths
+            self.positions[rows[nodes]] = positions[nodes].to(self.positions.dtype)
+        return result
+
+    def _build_tree_step(self, scheduler_output, num_scheduled_tokens) -> TreeStep | None:
+        drafted = sorted(
+            (self.input_batch.req_id_to_index[req_id], req_id, drafts)
+            for req_id, drafts in scheduler_output.scheduled_spec_decode_tokens.items()
+            if drafts
+        )
+        if not drafted:
+            return None
+        query_end = self.query_start_loc.np[1:]
+        rows = [row for row, _, _ in drafted]
+        sizes = [len(drafts) + 1 for _, _, drafts in drafted]
+        width = max(sizes)
+        parent_idx = torch.full((len(rows), width), -1, dtype=torch.int64)
+        tokens = torch.zeros((len(rows), width), dtype=torch.int64)
+        for i, (row, req_id, drafts) in enumerate(drafted):
+            parent_idx[i, : sizes[i]] = torch.tensor(self._tree_parents(req_id, drafts))
+            tokens[i, 1 : sizes[i]] = torch.tensor(drafts)
+        num_nodes = torch.tensor(sizes)
+        root_rows = torch.tensor([int(query_end[row]) - n for row, n in zip(rows, sizes)])
+        # the root is the first of the request's scheduled tokens that is not yet cached
+        prefix_lens = torch.tensor([
+            int(self.input_batch.num_computed_tokens_cpu[row]) + int(num_scheduled_tokens[row]) - n
+            for row, n in zip(rows, sizes)
+        ])
+        block_table = self.input_batch.block_table[0].get_cpu_tensor()[rows]
+        step = TreeStep(rows, root_rows, tokens, parent_idx, num_nodes, prefix_lens, block_table, None)
+        return dataclasses.replace(step, attention=self._tree_attention(step))
+
+    def _node_rows(self, step: TreeStep) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token row of every node [R, N] (padding repeats the root's) and which are nodes."""
+        offsets = torch.arange(step.parent_idx.shape[1])
+        is_node = offsets < step.num_nodes.unsqueeze(1)
+        return step.root_rows.unsqueeze(1) + offsets * is_node, is_node
+
+    def _tree_attention(self, step: TreeStep) -> TreeAttentionBatch | None:
+        """Attention inputs for the trees that are not chains (the causal kernel is right
+        for chains)."""
+        width = step.parent_idx.shape[1]
+        is_chain = ((step.parent_idx[:, 1:] == torch.arange(width - 1)) | (step.parent_idx[:, 1:] < 0)).all(1)
+        trees = (~is_chain).nonzero().flatten()
+        if len(trees) == 0:
+            return None
+        rows, is_node = self._node_rows(step)
+        block_size = self.input_batch.block_table[0].block_size
+        # the prefix of a root at position 0 is empty; keep one (masked) slot to gather
+        prefix_lens = step.prefix_lens[trees]
+        return TreeAttentionBatch(
+            token_rows=rows[trees],
+            is_node=is_node[trees],
+            mask=ancestor_mask(step.parent_idx[trees]),
+            prefix_slots=prefix_slots(step.block_table[trees], prefix_lens.clamp(min=1), block_size),
+            prefix_lens=prefix_lens,
+        )
+
+    def _build_attention_metadata(self, *args, **kwargs):
+        attn_metadata, spec_common = super()._build_attention_metadata(*args, **kwargs)
+        step = self._echo_step
+        if step is not None and step.attention is not None and isinstance(attn_metadata, dict):
+            draft_layers = getattr(self.drafter, "_draft_attn_layer_names", set())
+            for name, metadata in attn_metadata.items():
+                if name not in draft_layers:
+                    setattr(metadata, METADATA_ATTRIBUTE, step.attention)
+        return attn_metadata, spec_common
+
+    # ---- verification -----------------------------------------------------------------
+
+    def _sample(self, logits, spec_decode_metadata):
+        step = self._echo_step
+        if spec_decode_metadata is None or step is None:
+            return super()._sample(logits, spec_decode_metadata)
+        self._echo_step = None
+        tokens, parents, num_nodes = self._flat_trees(step, spec_decode_metadata.num_draft_tokens)
+        output, verdicts = sample_trees(
+            logits, tokens, parents, num_nodes, self.input_batch.sampling_metadata
+        )
+        tree, src, dst = accepted_moves(step, verdicts)
+        if len(tree):
+            # KV first: it must be in place even when the drafter does not run this step
+            block_size = self.input_batch.block_table[0].block_size
+            positions = step.prefix_lens[tree].unsqueeze(1) + torch.stack([src, dst], dim=1)
+            slots = slots_of(step.block_table[tree], positions, block_size)
+            move_kv(self._target_kv_caches(), slots[:, 0], slots[:, 1])
+        self._echo_row_moves = (step.root_rows[tree] + src, step.root_rows[tree] + dst)
+        return output
+
+    def _flat_trees(self, step: TreeStep, num_draft_tokens: list[int]):
+        """Every request of the batch as a tree, flat: requests without drafts are lone roots."""
+        num_nodes = torch.tensor(num_draft_tokens) + 1
+        tree_of_row = dict(zip(step.rows, range(len(step.rows))))
+        tokens, parents = [], []
+        for row, n in enumerate(num_nodes.tolist()):
+            i = tree_of_row.get(row)
+            if i is None:
+                assert n == 1, (row, n)
+                tokens.append(torch.zeros(1, dtype=torch.int64))
+                parents.append(torch.tensor([-1]))
+            else:
+                assert n == int(step.num_nodes[i]), (row, n, step.num_nodes[i])
+                tokens.append(step.tokens[i, :n])
+                parents.append(step.parent_idx[i, :n])
+        return torch.cat(tokens), torch.cat(parents), num_nodes
+
+    def _target_kv_caches(self) -> list[torch.Tensor]:
+        if self._echo_target_kv_caches is None:
+            draft_layers = getattr(self.drafter, "_draft_attn_layer_names", set())
+            layers = get_layers_from_vllm_config(self.vllm_config, AttentionLayerBase)
+            target = [layer for name, layer in layers.items() if name not in draft_layers]
+            for layer in target:
+                check_isa(layer.isa)
+            self._echo_target_kv_caches = [layer.kv_cache for layer in target]
+        return self._echo_target_kv_caches
+
+    # ---- drafting ---------------------------------------------------------------------
+
+    def propose_draft_token_ids(self, scheduler_output, sampled_token_ids, sampling_metadata,
+                                hidden_states, sample_hidden_states, aux_hidden_states,
+                                spec_decode_metadata, common_attn_metadata, slot_mappings):
+        if self._echo_row_moves is not None:
+            src, dst = self._echo_row_moves
+            self._echo_row_moves = None
+            for tensor in (self.input_ids.gpu, self.positions, *(aux_hidden_states or ())):
+                tensor[dst] = tensor[src]
+        drafts = super().propose_draft_token_ids(
+            scheduler_output, sampled_token_ids, sampling_metadata, hidden_states,
+            sample_hidden_states, aux_hidden_states, spec_decode_metadata,
+            common_attn_metadata, slot_mappings,
+        )
+        trees = self.drafter.drafted_trees
+        for row, req_id in enumerate(self.input_batch.req_ids):
+            n = int(trees.num_nodes[row])
+            self._echo_trees[req_id] = PendingTree(drafts[row], trees.parent_idx[row, :n].tolist())
+        return drafts
+
+
+def accepted_moves(step: TreeStep, verdicts: list[Verdict]):
+    """Accepted nodes not yet where a chain would have them: (tree, source node,
+    destination node) [M] each. Node t_j, the j-th of a request's accepted path, moves to
+    node j; t_j >= j always, and reading every source before writing makes it safe.
+
+    Worked example: a request accepted nodes (2, 5) -> moves (2 -> 1) and (5 -> 2).
+    """
+    tree, src, dst = [], [], []
+    for i, row in enumerate(step.rows):
+        for j, node in enumerate(verdicts[row].accepted_nodes, start=1):
+            if node != j:
+                tree.append(i)
+                src.append(node)
+                dst.append(j)
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.int64)  # noqa: E731
+    return as_tensor(tree), as_tensor(src), as_tensor(dst)
