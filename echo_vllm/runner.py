@@ -182,7 +182,7 @@ class EchoRunnerMixin:
         self._echo_step = None
         tokens, parents, num_nodes = self._flat_trees(step, spec_decode_metadata.num_draft_tokens)
         output, verdicts = sample_trees(
-            logits, tokens, parents, num_nodes, self.input_batch.sampling_metadata
+            self.sampler, logits, tokens, parents, num_nodes, self.input_batch.sampling_metadata
         )
         tree, src, dst = accepted_moves(step, verdicts)
         if len(tree):

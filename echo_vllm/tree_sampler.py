@@ -3,33 +3,26 @@
 Unpacks vLLM's per-request sampling state, applies each request's temperature / top-k /
 top-p with vLLM's own helper, calls the pure verification (echo_vllm.core.verify), and
 packs the outcome the way vLLM's rejection sampler does: per request the accepted path then
-the bonus token, left-aligned, padded with -1.
+the bonus token, left-aligned, padded with -1, with logprobs when asked for. Sampling options
+whose meaning depends on the tokens before each position (penalties, min_tokens, bad words,
+...) are refused at admission (scheduler_patches/patch_input_processor.py).
 """
 
 from __future__ import annotations
 
 import torch
-from vllm.v1.outputs import SamplerOutput
+from vllm.config.model import PROCESSED_LOGPROBS_MODES
+from vllm.v1.outputs import LogprobsTensors, SamplerOutput
 from vllm.v1.sample.metadata import SamplingMetadata
-from vllm.v1.sample.rejection_sampler import PLACEHOLDER_TOKEN_ID, apply_sampling_constraints
+from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
+from vllm.v1.sample.rejection_sampler import PLACEHOLDER_TOKEN_ID
+from vllm.v1.sample.sampler import Sampler
 
-from echo_vllm.core.verify import Verdict, verify_trees
-
-
-def unsupported_sampling(sampling_metadata: SamplingMetadata) -> str | None:
-    """What in this batch tree verification does not implement yet, if anything."""
-    if sampling_metadata.max_num_logprobs is not None:
-        return "logprobs"
-    if not sampling_metadata.no_penalties:
-        return "presence/frequency/repetition penalties"
-    if sampling_metadata.bad_words_token_ids:
-        return "bad_words"
-    if sampling_metadata.allowed_token_ids_mask is not None:
-        return "allowed_token_ids"
-    return None
+from echo_vllm.core.verify import Verdict, verify_tree
 
 
 def sample_trees(
+    sampler: Sampler,
     logits: torch.Tensor,
     tokens: torch.Tensor,
     parent_idx: torch.Tensor,
@@ -41,21 +34,82 @@ def sample_trees(
     logits [T, V]: the target's logits at every node, requests in batch order, T = sum of
     num_nodes [B]; tokens, parent_idx [T] flat, parents local to their request (-1 at roots).
     """
-    problem = unsupported_sampling(sampling_metadata)
-    if problem is not None:
-        raise ValueError(f"echo-vllm: {problem} is not supported with method 'echo' yet")
-    cu_num_nodes = num_nodes.cumsum(0)
-    processed = apply_sampling_constraints(logits.float(), cu_num_nodes.to(logits.device), sampling_metadata)
-    if sampling_metadata.all_greedy:
-        is_greedy = [True] * len(num_nodes)
-    else:
-        is_greedy = (sampling_metadata.temperature == 0).tolist()
-    verdicts = verify_trees(
-        tokens, parent_idx, cu_num_nodes, processed, is_greedy, sampling_metadata.generators
-    )
+    processed = constrained_logits(logits, num_nodes, sampling_metadata)
+    ends = num_nodes.cumsum(0).tolist()
+    starts = [0, *ends[:-1]]
+    greedy_tokens = processed.argmax(dim=-1).tolist()
+    tokens_l, parents_l = tokens.tolist(), parent_idx.tolist()
+    verdicts = []
+    for row, (start, end) in enumerate(zip(starts, ends)):
+        if _is_greedy(sampling_metadata, row):
+            target_token = lambda node, start=start: greedy_tokens[start + node]  # noqa: E731
+        else:
+            target_token = _sampler_draw(processed[start:end], sampling_metadata.generators.get(row))
+        verdicts.append(verify_tree(tokens_l[start:end], parents_l[start:end], target_token))
     width = max(len(v.output_tokens) for v in verdicts)
     sampled = torch.full((len(verdicts), width), PLACEHOLDER_TOKEN_ID, dtype=torch.int32)
-    for row, verdict in enumerate(verdicts):
+    # logits row each output token was drawn from: the root's, then each accepted node's
+    source_rows = torch.zeros((len(verdicts), width), dtype=torch.int64)
+    for row, (verdict, start) in enumerate(zip(verdicts, starts)):
         out = verdict.output_tokens
         sampled[row, : len(out)] = torch.tensor(out, dtype=torch.int32)
-    return SamplerOutput(sampled_token_ids=sampled.to(logits.device), logprobs_tensors=None), verdicts
+        source_rows[row, : len(out)] = torch.tensor([start, *(start + n for n in verdict.accepted_nodes)])
+    logprobs = None
+    if sampling_metadata.max_num_logprobs is not None:
+        scored = processed if sampler.logprobs_mode in PROCESSED_LOGPROBS_MODES else logits
+        logprobs = _logprobs(sampler, scored, source_rows, sampled, sampling_metadata.max_num_logprobs)
+    return SamplerOutput(sampled_token_ids=sampled.to(logits.device), logprobs_tensors=logprobs), verdicts
+
+
+def _is_greedy(sampling_metadata: SamplingMetadata, row: int) -> bool:
+    return sampling_metadata.all_greedy or float(sampling_metadata.temperature[row]) == 0.0
+
+
+def _sampler_draw(node_logits: torch.Tensor, generator: torch.Generator | None):
+    """The target's token at a node, drawn as vLLM's CPU sampler draws one token: a seed
+    from the request's generator (the global one without a seed), then Gumbel-max over the
+    constrained logits. A seeded request thus sees the very draws it would without
+    speculation, one per emitted token."""
+
+    def draw(node: int) -> int:
+        seed = torch.randint(0, 2**31, (1,), generator=generator, dtype=torch.long)
+        return int(torch.ops._C.fused_gumbel_argmax(node_logits[node : node + 1], seed))
+
+    return draw
+
+
+def constrained_logits(
+    logits: torch.Tensor, num_nodes: torch.Tensor, sampling_metadata: SamplingMetadata
+) -> torch.Tensor:
+    """Each node's logits under its request's temperature, top-k and top-p (a copy).
+
+    Greedy requests keep their logits (temperature 0 is read as 1, top-k/top-p keep the
+    argmax). vLLM's own helper for this (`apply_sampling_constraints`) expands per-request
+    values with a CPU kernel that leaves int32 outputs such as top_k unwritten in 0.32, so
+    the expansion here is a plain repeat_interleave.
+    """
+    out = logits.float().clone()
+    if sampling_metadata.all_greedy:
+        return out
+    repeats = num_nodes.to(logits.device)
+    temperature = sampling_metadata.temperature.repeat_interleave(repeats)
+    out.div_(torch.where(temperature == 0, 1.0, temperature).unsqueeze(1))
+    top_k, top_p = sampling_metadata.top_k, sampling_metadata.top_p
+    return apply_top_k_top_p(
+        out,
+        None if top_k is None else top_k.repeat_interleave(repeats),
+        None if top_p is None else top_p.repeat_interleave(repeats),
+    )
+
+
+def _logprobs(
+    sampler: Sampler, scored: torch.Tensor, source_rows: torch.Tensor, sampled: torch.Tensor,
+    max_num_logprobs: int,
+) -> LogprobsTensors:
+    """Logprobs of every output position, flattened [B * W] like vLLM's rejection sampler
+    (padding positions are filtered out by vLLM's parse_output)."""
+    rows = scored[source_rows.flatten().to(scored.device)].float()
+    if sampler.logprobs_mode not in ("raw_logits", "processed_logits"):
+        rows = sampler.compute_logprobs(rows)
+    token_ids = sampled.flatten().clamp(min=0).to(torch.int64).to(scored.device)
+    return sampler.gather_logprobs(rows, max_num_logprobs, token_ids)

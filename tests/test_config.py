@@ -20,6 +20,7 @@ def test_defaults_are_a_chain_of_three_drafts():
     assert config.policy == "static"
     assert to_vllm_speculative_config(config) == {
         "method": "eagle3", "model": "/heads/x", "num_speculative_tokens": 3,
+        "disable_padded_drafter_batch": True,
     }
 
 
@@ -89,7 +90,6 @@ def test_missing_model_is_refused():
 @pytest.mark.parametrize(
     "options, culprit",
     [
-        ({"topk": 4, "num_draft_tokens": 8}, "'topk'"),
         ({"steps": 4, "judge_depth": 2, "threshold": 0.3, "remaining_num_draft_tokens": 2}, "'judge_depth'"),
         ({"policy": "echo"}, "'policy'"),
         ({"budget": "auto"}, "'budget'"),

@@ -149,8 +149,12 @@ class EchoProposer(EagleProposer):
             parent = frontier.parent_pos
             seen = seen_self.gather(1, parent.unsqueeze(-1).expand(-1, -1, seen_self.shape[2]))
             parent_hidden = hidden.view(batch, topk, -1).gather(1, parent.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        num_nodes = torch.full((batch,), self.echo_config.num_draft_tokens, dtype=torch.int64)
-        return select_tree(pool, root_tokens.long(), num_nodes)
+        return select_tree(pool, root_tokens.long(), self.tree_sizes(batch))
+
+    def tree_sizes(self, batch: int) -> torch.Tensor:
+        """Verified nodes per request [B], root included. Every request may differ; the
+        static policy gives each num_draft_tokens."""
+        return torch.full((batch,), self.echo_config.num_draft_tokens, dtype=torch.int64)
 
     def _draft_step(
         self, frontier: Frontier, parent_hidden, positions, tree_k, tree_v, seen,

@@ -84,9 +84,9 @@ def is_applied(patch: VllmPatch) -> bool:
 
 def all_patches() -> list[VllmPatch]:
     """The registry: every patch echo applies, in application order."""
-    from echo_vllm.scheduler_patches import patch_arg_utils
+    from echo_vllm.scheduler_patches import patch_arg_utils, patch_input_processor
 
-    return [patch_arg_utils.PATCH]
+    return [patch_arg_utils.PATCH, patch_input_processor.PATCH]
 
 
 def apply_all() -> None:

@@ -17,6 +17,8 @@ PROMPTS = random_token_prompts(56, TINY["vocab_size"], min_len=1, max_len=300, s
 GREEDY = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
 TREES = {
     "chain-steps3": {"steps": 3, "topk": 1},
+    "chain-steps5-nodes3": {"steps": 5, "topk": 1, "num_draft_tokens": 3},
+    "steps1-topk3": {"steps": 1, "topk": 3},
     "steps3-topk2-nodes6": {"steps": 3, "topk": 2, "num_draft_tokens": 6},
     "steps4-topk4-nodes12": {"steps": 4, "topk": 4, "num_draft_tokens": 12},
     "steps5-topk8-nodes32": {"steps": 5, "topk": 8, "num_draft_tokens": 32},
@@ -54,6 +56,14 @@ def echo_llm(request, tiny_target, tiny_head, reference):
     install_oracle(llm, {tuple(p["prompt_token_ids"]): r for p, r in zip(PROMPTS, reference)})
     yield llm
     shutdown(llm)
+
+
+def test_echo_runs_in_echo_classes(echo_llm):
+    (names,) = echo_llm.collective_rpc(
+        lambda wrapper: (type(wrapper.worker).__name__, type(wrapper.model_runner).__name__,
+                         type(wrapper.model_runner.drafter).__name__)
+    )
+    assert names == ("EchoCPUWorker", "EchoCPUModelRunner", "EchoProposer")
 
 
 @pytest.mark.parametrize("batch_size", [32, 7, 1])
