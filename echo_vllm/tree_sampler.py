@@ -34,7 +34,8 @@ def sample_trees(
     logits [T, V]: the target's logits at every node, requests in batch order, T = sum of
     num_nodes [B]; tokens, parent_idx [T] flat, parents local to their request (-1 at roots).
     """
-    processed = constrained_logits(logits, num_nodes, sampling_metadata)
+    # greedy requests keep their logits: no constrained copy of a [T, V] tensor for them
+    processed = logits if sampling_metadata.all_greedy else constrained_logits(logits, num_nodes, sampling_metadata)
     ends = num_nodes.cumsum(0).tolist()
     starts = [0, *ends[:-1]]
     greedy_tokens = processed.argmax(dim=-1).tolist()
@@ -83,14 +84,12 @@ def constrained_logits(
 ) -> torch.Tensor:
     """Each node's logits under its request's temperature, top-k and top-p (a copy).
 
-    Greedy requests keep their logits (temperature 0 is read as 1, top-k/top-p keep the
-    argmax). vLLM's own helper for this (`apply_sampling_constraints`) expands per-request
+    Greedy requests in the batch keep their argmax (temperature 0 is read as 1, top-k/top-p
+    keep the argmax). vLLM's own helper for this (`apply_sampling_constraints`) expands per-request
     values with a CPU kernel that leaves int32 outputs such as top_k unwritten in 0.32, so
     the expansion here is a plain repeat_interleave.
     """
     out = logits.float().clone()
-    if sampling_metadata.all_greedy:
-        return out
     repeats = num_nodes.to(logits.device)
     temperature = sampling_metadata.temperature.repeat_interleave(repeats)
     out.div_(torch.where(temperature == 0, 1.0, temperature).unsqueeze(1))

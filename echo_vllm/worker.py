@@ -17,6 +17,7 @@ from vllm.v1.worker.gpu_worker import Worker
 from echo_vllm.config import EchoConfig, parse_echo_config
 from echo_vllm.runner import EchoRunnerMixin
 from echo_vllm.scheduler_patches.patch_arg_utils import ADDITIONAL_CONFIG_KEY
+from echo_vllm.scheduler_patches.registry import check_all_overrides
 
 
 def echo_config_of(vllm_config: VllmConfig) -> EchoConfig:
@@ -40,6 +41,7 @@ class EchoGPUModelRunner(EchoRunnerMixin, GPUModelRunner):
 
 class EchoCPUWorker(CPUWorker):
     def __init__(self, vllm_config: VllmConfig, *args, **kwargs):
+        check_all_overrides()
         super().__init__(vllm_config, *args, **kwargs)
         self.use_v2_model_runner = False
         # Tree rows need masks the C++ kernel lacks; echo's backend keeps vLLM's name

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,45 @@ def all_patches() -> list[VllmPatch]:
     from echo_vllm.scheduler_patches import patch_arg_utils, patch_input_processor
 
     return [patch_arg_utils.PATCH, patch_input_processor.PATCH]
+
+
+@dataclass(frozen=True)
+class VllmOverride:
+    """A vLLM internal that echo's subclasses override or call: its parameters as written for.
+
+    Subclassing is a seam, not a patch, but the methods are internal: when vLLM changes one,
+    echo must fail at start-up naming it, never misbehave at the first tree.
+    """
+
+    target: str  # dotted path: module.Class.attribute
+    params: tuple[str, ...]  # parameter names (self excluded) in the vLLM written for
+    vllm: str
+    why: str
+
+
+def check_override(override: VllmOverride, installed_vllm: str) -> None:
+    """Raise RuntimeError naming the attribute unless it exists with the recorded parameters."""
+    check_vllm_version(installed_vllm, override.vllm)
+    owner, name = resolve(override.target)
+    found = tuple(p for p in inspect.signature(getattr(owner, name)).parameters if p != "self")
+    if found != override.params:
+        raise RuntimeError(
+            f"echo-vllm: vLLM {installed_vllm} changed {override.target}: echo was written for "
+            f"parameters {override.params} (vLLM {override.vllm}), found {found}"
+        )
+
+
+def all_overrides() -> list[VllmOverride]:
+    from echo_vllm.scheduler_patches import overrides
+
+    return overrides.OVERRIDES
+
+
+def check_all_overrides() -> None:
+    import vllm
+
+    for override in all_overrides():
+        check_override(override, vllm.__version__)
 
 
 def apply_all() -> None:

@@ -1,5 +1,6 @@
 """Every patch targets an attribute of the installed vLLM, applies once, and refuses other vLLMs."""
 
+import dataclasses
 import importlib
 
 import pytest
@@ -60,3 +61,20 @@ def test_restore_puts_the_original_back():
     assert module.dumps([]) == "patched"
     registry.restore(patch)
     assert module.dumps is original
+
+
+@pytest.mark.parametrize("override", registry.all_overrides(), ids=lambda o: o.target)
+def test_every_override_matches_the_installed_vllm(override):
+    registry.check_override(override, vllm.__version__)
+    assert override.why
+
+
+def test_a_changed_signature_fails_naming_the_attribute():
+    changed = dataclasses.replace(registry.all_overrides()[0], params=("scheduler_output", "extra"))
+    with pytest.raises(RuntimeError, match=r"changed vllm\.v1\.worker\.gpu_model_runner\.GPUModelRunner\._update_states"):
+        registry.check_override(changed, vllm.__version__)
+
+
+def test_overrides_refuse_another_vllm_version():
+    with pytest.raises(RuntimeError, match=r"supports vLLM 0\.32\.\*, but vLLM 0\.33\.0 is installed"):
+        registry.check_override(registry.all_overrides()[0], "0.33.0")
