@@ -33,9 +33,9 @@ from vllm.config.vllm import get_layers_from_vllm_config
 
 from echo_vllm.core.tree import ancestor_mask, node_depths
 from echo_vllm.core.verify import Verdict
-from echo_vllm.kernels.cpu_backend import METADATA_ATTRIBUTE, TreeAttentionBatch
-from echo_vllm.kernels.paged_kv import check_isa, move_kv, prefix_slots, slots_of
-from echo_vllm.proposers.eagle_tree import EchoProposer
+from echo_vllm.kernels.paged_kv import check_isa, move_kv, slots_of
+from echo_vllm.kernels.tree_attention import METADATA_ATTRIBUTE, TreeAttentionBatch
+from echo_vllm.proposers.eagle_tree import EchoProposer, kv_layout_of
 from echo_vllm.tree_sampler import sample_trees
 
 
@@ -78,6 +78,7 @@ class EchoRunnerMixin:
         # token rows (source, destination) of accepted nodes, for the drafter's inputs
         self._echo_row_moves: tuple[torch.Tensor, torch.Tensor] | None = None
         self._echo_target_kv_caches: list[torch.Tensor] | None = None
+        self._echo_kv_layout = kv_layout_of(device)
 
     # ---- scheduling state -------------------------------------------------------------
 
@@ -104,9 +105,8 @@ class EchoRunnerMixin:
         if self._echo_step is not None:
             step = self._echo_step
             rows, nodes = self._node_rows(step)
-            depths = node_depths(step.parent_idx)
-            positions = step.prefix_lens.unsqueeze(1) + depths
-            self.positions[rows[nodes]] = positions[nodes].to(self.positions.dtype)
+            positions = step.prefix_lens.unsqueeze(1) + node_depths(step.parent_idx)
+            self.positions[rows[nodes].to(self.device)] = positions[nodes].to(self.positions)
         return result
 
     def _build_tree_step(self, scheduler_output, num_scheduled_tokens) -> TreeStep | None:
@@ -145,22 +145,21 @@ class EchoRunnerMixin:
 
     def _tree_attention(self, step: TreeStep) -> TreeAttentionBatch | None:
         """Attention inputs for the trees that are not chains (the causal kernel is right
-        for chains)."""
+        for chains), on the model's device."""
         width = step.parent_idx.shape[1]
-        is_chain = ((step.parent_idx[:, 1:] == torch.arange(width - 1)) | (step.parent_idx[:, 1:] < 0)).all(1)
+        parents = step.parent_idx[:, 1:]
+        is_chain = ((parents == torch.arange(width - 1)) | (parents < 0)).all(1)
         trees = (~is_chain).nonzero().flatten()
         if len(trees) == 0:
             return None
         rows, is_node = self._node_rows(step)
-        block_size = self.input_batch.block_table[0].block_size
-        # the prefix of a root at position 0 is empty; keep one (masked) slot to gather
-        prefix_lens = step.prefix_lens[trees]
         return TreeAttentionBatch(
-            token_rows=rows[trees],
-            is_node=is_node[trees],
-            mask=ancestor_mask(step.parent_idx[trees]),
-            prefix_slots=prefix_slots(step.block_table[trees], prefix_lens.clamp(min=1), block_size),
-            prefix_lens=prefix_lens,
+            token_rows=rows[trees].to(self.device),
+            is_node=is_node[trees].to(self.device),
+            mask=ancestor_mask(step.parent_idx[trees]).to(self.device),
+            block_table=step.block_table[trees].to(self.device),
+            prefix_lens=step.prefix_lens[trees].to(self.device),
+            block_size=self.input_batch.block_table[0].block_size,
         )
 
     def _build_attention_metadata(self, *args, **kwargs):
@@ -189,9 +188,10 @@ class EchoRunnerMixin:
             # KV first: it must be in place even when the drafter does not run this step
             block_size = self.input_batch.block_table[0].block_size
             positions = step.prefix_lens[tree].unsqueeze(1) + torch.stack([src, dst], dim=1)
-            slots = slots_of(step.block_table[tree], positions, block_size)
-            move_kv(self._target_kv_caches(), slots[:, 0], slots[:, 1])
-        self._echo_row_moves = (step.root_rows[tree] + src, step.root_rows[tree] + dst)
+            slots = slots_of(step.block_table[tree], positions, block_size).to(self.device)
+            move_kv(self._echo_kv_layout, self._target_kv_caches(), slots[:, 0], slots[:, 1])
+        rows = step.root_rows[tree]
+        self._echo_row_moves = ((rows + src).to(self.device), (rows + dst).to(self.device))
         return output
 
     def _flat_trees(self, step: TreeStep, num_draft_tokens: list[int]):
@@ -217,7 +217,8 @@ class EchoRunnerMixin:
             layers = get_layers_from_vllm_config(self.vllm_config, AttentionLayerBase)
             target = [layer for name, layer in layers.items() if name not in draft_layers]
             for layer in target:
-                check_isa(layer.isa)
+                if hasattr(layer, "isa"):  # the CPU backend's packing of this layer's cache
+                    check_isa(layer.isa)
             self._echo_target_kv_caches = [layer.kv_cache for layer in target]
         return self._echo_target_kv_caches
 

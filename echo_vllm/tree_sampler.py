@@ -18,7 +18,7 @@ from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
 from vllm.v1.sample.rejection_sampler import PLACEHOLDER_TOKEN_ID
 from vllm.v1.sample.sampler import Sampler
 
-from echo_vllm.core.verify import Verdict, verify_tree
+from echo_vllm.core.verify import Verdict, exponential_race, verify_tree
 
 
 def sample_trees(
@@ -67,16 +67,21 @@ def _is_greedy(sampling_metadata: SamplingMetadata, row: int) -> bool:
 
 
 def _sampler_draw(node_logits: torch.Tensor, generator: torch.Generator | None):
-    """The target's token at a node, drawn as vLLM's CPU sampler draws one token: a seed
-    from the request's generator (the global one without a seed), then Gumbel-max over the
-    constrained logits. A seeded request thus sees the very draws it would without
-    speculation, one per emitted token."""
+    """The target's token at a node, drawn as vLLM's sampler on this device draws one token.
 
-    def draw(node: int) -> int:
-        seed = torch.randint(0, 2**31, (1,), generator=generator, dtype=torch.long)
-        return int(torch.ops._C.fused_gumbel_argmax(node_logits[node : node + 1], seed))
+    CPU: a seed from the request's generator (the global one without a seed), then Gumbel-max
+    over the constrained logits (vLLM's `fused_gumbel_argmax`): a seeded request sees the very
+    draws it would without speculation, one per emitted token. Elsewhere: an exponential race
+    with the request's generator, which has the same law.
+    """
+    if node_logits.device.type == "cpu":
 
-    return draw
+        def draw(node: int) -> int:
+            seed = torch.randint(0, 2**31, (1,), generator=generator, dtype=torch.long)
+            return int(torch.ops._C.fused_gumbel_argmax(node_logits[node : node + 1], seed))
+
+        return draw
+    return lambda node: exponential_race(node_logits[node].softmax(dim=-1), generator)
 
 
 def constrained_logits(

@@ -56,8 +56,20 @@ class EchoCPUWorker(CPUWorker):
 
 
 class EchoGPUWorker(Worker):
-    def _make_model_runner(self) -> GPUModelRunner:
-        raise RuntimeError(
-            "echo-vllm: draft-tree verification runs on vLLM's CPU platform only so far "
-            "(the GPU tree-attention backend is not written yet)"
+    """Not run on a GPU yet: this project's GPU machine cannot hold a full vLLM install."""
+
+    def __init__(self, vllm_config: VllmConfig, *args, **kwargs):
+        check_all_overrides()
+        super().__init__(vllm_config, *args, **kwargs)
+        # FlashAttention takes no mask; echo's subclass rewrites tree rows after it
+        register_backend(
+            AttentionBackendEnum.FLASH_ATTN, "echo_vllm.kernels.gpu_backend.EchoFlashAttentionBackend"
         )
+
+    def _make_model_runner(self) -> GPUModelRunner:
+        if self.use_v2_model_runner:
+            raise RuntimeError(
+                "echo-vllm: method 'echo' extends vLLM's V1 model runner, but V2 was forced "
+                "(VLLM_USE_V2_MODEL_RUNNER=1); unset it"
+            )
+        return EchoGPUModelRunner(self.vllm_config, self.device, echo_config_of(self.vllm_config))

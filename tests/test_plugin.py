@@ -110,3 +110,40 @@ def test_other_methods_are_untouched(tiny_target, tiny_head):
     config = args.create_engine_config()
     assert "echo" not in config.additional_config
     assert config.parallel_config.worker_cls == "vllm.v1.worker.cpu_worker.CPUWorker"
+
+
+def test_echo_keeps_vllm_on_the_v1_model_runner(tiny_target, tiny_head):
+    config = engine_config(tiny_target, model=tiny_head)
+    assert "echo draft trees" in config._get_v2_model_runner_unsupported_features()
+    assert config.use_v2_model_runner is False
+
+
+def test_gpu_settings_fill_what_the_user_left_open(tiny_target):
+    from vllm.config.compilation import CUDAGraphMode
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    from echo_vllm.scheduler_patches.patch_arg_utils import require_gpu_settings
+
+    args = EngineArgs(model=tiny_target)
+    require_gpu_settings(args)
+    assert args.async_scheduling is False
+    assert args.attention_backend == AttentionBackendEnum.FLASH_ATTN
+    assert args.compilation_config.cudagraph_mode == CUDAGraphMode.PIECEWISE
+
+
+@pytest.mark.parametrize("setting, culprit", [
+    (dict(async_scheduling=True), "needs synchronous scheduling"),
+    (dict(attention_backend="FLASHINFER"), "remove attention_backend=FLASHINFER"),
+    (dict(compilation_config={"cudagraph_mode": "FULL_AND_PIECEWISE"}), "got FULL_AND_PIECEWISE"),
+])
+def test_gpu_settings_refuse_conflicting_choices(tiny_target, setting, culprit):
+    from echo_vllm.scheduler_patches.patch_arg_utils import require_gpu_settings
+
+    with pytest.raises(ValueError, match=culprit):
+        require_gpu_settings(EngineArgs(model=tiny_target, **setting))
+
+
+def test_gpu_attention_backend_imports():
+    from echo_vllm.kernels.gpu_backend import EchoFlashAttentionBackend
+
+    assert EchoFlashAttentionBackend.get_name() == "FLASH_ATTN"

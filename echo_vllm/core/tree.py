@@ -52,9 +52,10 @@ class Tree:
 def root_frontier(top_logprobs: torch.Tensor, top_tokens: torch.Tensor) -> tuple[Frontier, Pool]:
     """Depth 1: the draft's top-k tokens after the root, best first. Both [B, K]."""
     batch, topk = top_logprobs.shape
-    pool_idx = torch.arange(topk).expand(batch, topk)
-    zeros = torch.zeros(batch, topk, dtype=torch.int64)
-    parents = torch.full((batch, topk), -1, dtype=torch.int64)
+    device = top_logprobs.device
+    pool_idx = torch.arange(topk, device=device).expand(batch, topk)
+    zeros = torch.zeros(batch, topk, dtype=torch.int64, device=device)
+    parents = torch.full((batch, topk), -1, dtype=torch.int64, device=device)
     scores = top_logprobs.float()
     return Frontier(top_tokens, scores, pool_idx, zeros), Pool(top_tokens, scores, parents)
 
@@ -96,23 +97,25 @@ def select_tree(pool: Pool, root_tokens: torch.Tensor, num_nodes: torch.Tensor) 
     root_tokens [B]; num_nodes [B] int64 with 1 <= num_nodes <= P + 1.
     """
     batch, pool_size = pool.scores.shape
+    device = pool.scores.device
+    num_nodes = num_nodes.to(device)
     max_nodes = int(num_nodes.max())
     assert int(num_nodes.min()) >= 1 and max_nodes <= pool_size + 1, (num_nodes, pool_size)
     order = torch.sort(pool.scores, dim=-1, descending=True, stable=True).indices
-    rank = torch.arange(pool_size).expand(batch, pool_size)
+    rank = torch.arange(pool_size, device=device).expand(batch, pool_size)
     keep = rank < (num_nodes - 1).unsqueeze(-1)  # [B, P] over the sorted order
-    chosen_mask = torch.zeros(batch, pool_size, dtype=torch.bool).scatter(1, order, keep)
+    chosen_mask = torch.zeros(batch, pool_size, dtype=torch.bool, device=device).scatter(1, order, keep)
     # chosen pool indices in pool order, padded with pool_size (sorts last)
-    padded = torch.where(chosen_mask, torch.arange(pool_size), pool_size)
+    padded = torch.where(chosen_mask, torch.arange(pool_size, device=device), pool_size)
     chosen = padded.sort(dim=-1).values[:, : max_nodes - 1]  # [B, N-1]
     valid = chosen < pool_size
     chosen_safe = chosen.clamp(max=pool_size - 1)
     # pool index -> tree index (root 0, chosen node i -> i + 1)
-    tree_index_of = torch.full((batch, pool_size + 1), -1, dtype=torch.int64)
-    tree_index_of.scatter_(1, chosen, torch.arange(1, max_nodes).expand(batch, -1).clone())
+    tree_index_of = torch.full((batch, pool_size + 1), -1, dtype=torch.int64, device=device)
+    tree_index_of.scatter_(1, chosen, torch.arange(1, max_nodes, device=device).expand(batch, -1).clone())
     pool_parent = pool.parent_idx.gather(1, chosen_safe)
     parent = torch.where(pool_parent < 0, 0, tree_index_of.gather(1, pool_parent.clamp(min=0)))
-    root_col = torch.full((batch, 1), -1, dtype=torch.int64)
+    root_col = torch.full((batch, 1), -1, dtype=torch.int64, device=device)
     parent_idx = torch.cat([root_col, torch.where(valid, parent, -1)], dim=1)
     tokens = torch.cat(
         [root_tokens.view(batch, 1).long(), torch.where(valid, pool.tokens.gather(1, chosen_safe), 0)],
@@ -144,11 +147,11 @@ def ancestor_mask(parent_idx: torch.Tensor) -> torch.Tensor:
     Padding rows see only themselves.
     """
     batch, nodes = parent_idx.shape
-    mask = torch.eye(nodes, dtype=torch.bool).expand(batch, nodes, nodes).clone()
+    mask = torch.eye(nodes, dtype=torch.bool, device=parent_idx.device).expand(batch, nodes, nodes).clone()
     for i in range(1, nodes):
         parent = parent_idx[:, i]
         has_parent = (parent >= 0).view(batch, 1)
-        parent_row = mask[torch.arange(batch), parent.clamp(min=0)]  # [B, N]
+        parent_row = mask[torch.arange(batch, device=parent_idx.device), parent.clamp(min=0)]  # [B, N]
         mask[:, i] |= parent_row & has_parent
     return mask
 

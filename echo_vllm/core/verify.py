@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -63,3 +65,10 @@ def verify_tree(
             return Verdict(tuple(path), tuple(tokens[n] for n in path), token)
         path.append(child)
         node = child
+
+
+def exponential_race(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One sample of `probs` [V]: the argmax of probs / E with E ~ Exp(1) per token (the race
+    vLLM's GPU sampler runs; P(token x wins) = probs[x])."""
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return int((probs / noise).argmax())

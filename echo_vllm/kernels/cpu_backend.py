@@ -2,36 +2,19 @@
 
 vLLM's CPU kernel (`cpu_attention_with_kv_cache`) knows only causal masks. This subclass runs
 it for the whole batch, then recomputes the rows of draft trees that are not chains with
-torch tree attention (a chain's causal answer is already right). The tree description rides
-on the attention metadata object as `echo_tree`, set by echo's runner for target layers only.
-Registered over vLLM's CPU_ATTN entry (keeping that name) by echo's CPU worker.
+torch tree attention (a chain's causal answer is already right). The trees ride on the
+attention metadata object (kernels.tree_attention.METADATA_ATTRIBUTE), set by echo's runner
+for target layers only. Registered over vLLM's CPU_ATTN entry (keeping that name) by echo's
+CPU worker.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
 
-from echo_vllm.kernels.paged_kv import gather_kv
-from echo_vllm.kernels.tree_attention import tree_attention
-
-METADATA_ATTRIBUTE = "echo_tree"
-
-
-@dataclass(frozen=True)
-class TreeAttentionBatch:
-    """The non-chain trees of one step, as every target attention layer needs them.
-
-    Shape key: R trees, N nodes (padded), P prefix tokens (padded).
-    """
-
-    token_rows: torch.Tensor  # [R, N] int64: row of each node among the step's tokens
-    is_node: torch.Tensor  # [R, N] bool: False in padding (rows repeat a real node's)
-    mask: torch.Tensor  # [R, N, N] bool: node i sees node j (ancestors and itself)
-    prefix_slots: torch.Tensor  # [R, P] int64: KV slots of the tokens before each root
-    prefix_lens: torch.Tensor  # [R] int64
+from echo_vllm.kernels.paged_kv import gather_kv, prefix_slots
+from echo_vllm.kernels.tree_attention import METADATA_ATTRIBUTE, TreeAttentionBatch, tree_attention
 
 
 class EchoCPUAttentionBackendImpl(CPUAttentionBackendImpl):
@@ -43,12 +26,13 @@ class EchoCPUAttentionBackendImpl(CPUAttentionBackendImpl):
         return output
 
     def _rewrite_tree_rows(self, query, key, value, kv_cache, trees: TreeAttentionBatch, output):
-        num_trees, num_nodes = trees.token_rows.shape
         q = query.view(query.shape[0], self.num_heads, self.head_size)[trees.token_rows]
         k = key.view(key.shape[0], self.num_kv_heads, self.head_size)[trees.token_rows]
         v = value.view(value.shape[0], self.num_kv_heads, self.head_size)[trees.token_rows]
-        prefix_k, prefix_v = gather_kv(kv_cache, trees.prefix_slots.flatten())
-        prefix_shape = (*trees.prefix_slots.shape, self.num_kv_heads, self.head_size)
+        # a root at position 0 has an empty prefix: gather one (masked) slot anyway
+        slots = prefix_slots(trees.block_table, trees.prefix_lens.clamp(min=1), trees.block_size)
+        prefix_k, prefix_v = gather_kv(kv_cache, slots.flatten())
+        prefix_shape = (*slots.shape, self.num_kv_heads, self.head_size)
         out = tree_attention(
             q, k, v, trees.mask, prefix_k.view(prefix_shape), prefix_v.view(prefix_shape),
             trees.prefix_lens, self.scale,

@@ -11,8 +11,29 @@ CPU path (vLLM's CPU attention kernel knows only causal masks).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+# The attribute of vLLM's attention metadata that carries a TreeAttentionBatch (set by echo's
+# runner on the target layers' metadata only).
+METADATA_ATTRIBUTE = "echo_tree"
+
+
+@dataclass(frozen=True)
+class TreeAttentionBatch:
+    """The non-chain trees of one step, as every target attention layer needs them.
+
+    Shape key: R trees, N nodes (padded). Tensors live on the model's device.
+    """
+
+    token_rows: torch.Tensor  # [R, N] int64: row of each node among the step's tokens
+    is_node: torch.Tensor  # [R, N] bool: False in padding (rows repeat a real node's)
+    mask: torch.Tensor  # [R, N, N] bool: node i sees node j (ancestors and itself)
+    block_table: torch.Tensor  # [R, nblk] int32: each tree's KV-cache blocks
+    prefix_lens: torch.Tensor  # [R] int64: tokens in the cache before each root
+    block_size: int
 
 
 def tree_attention(

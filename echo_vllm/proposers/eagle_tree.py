@@ -20,8 +20,13 @@ from vllm.v1.spec_decode.eagle import EagleProposer
 
 from echo_vllm.config import EchoConfig
 from echo_vllm.core.tree import Frontier, Tree, expand_frontier, root_frontier, select_tree
-from echo_vllm.kernels.paged_kv import check_isa, gather_kv, prefix_slots
+from echo_vllm.kernels.paged_kv import CPU_PACKED, HEAD_MAJOR, KvLayout, check_isa, prefix_slots
 from echo_vllm.kernels.tree_attention import tree_attention
+
+
+def kv_layout_of(device: torch.device) -> KvLayout:
+    """How the attention backend echo extends on this device lays out its KV cache."""
+    return CPU_PACKED if torch.device(device).type == "cpu" else HEAD_MAJOR
 
 
 class EchoProposer(EagleProposer):
@@ -30,6 +35,7 @@ class EchoProposer(EagleProposer):
     ):
         super().__init__(vllm_config, device, runner=runner)
         self.echo_config = echo_config
+        self.kv_layout = kv_layout_of(device)
         # The trees behind the draft lists `propose` returned, in batch-row order. vLLM's
         # runner passes only the token lists on, so echo's runner collects them here.
         self.drafted_trees: Tree | None = None
@@ -116,9 +122,10 @@ class EchoProposer(EagleProposer):
         """The draft layer's K/V of every committed position, [B, P, Hkv, Dh] padded."""
         (layer_name,) = self._draft_attn_layer_names
         attn_layer = self.vllm_config.compilation_config.static_forward_context[layer_name]
-        check_isa(attn_layer.isa)
+        if self.kv_layout is CPU_PACKED:
+            check_isa(attn_layer.isa)
         slots = prefix_slots(cad.block_table_tensor[: len(prefix_lens)], prefix_lens, self.block_size)
-        k, v = gather_kv(attn_layer.kv_cache, slots.flatten())
+        k, v = self.kv_layout.gather(attn_layer.kv_cache, slots.flatten())
         return k.view(*slots.shape, *k.shape[1:]), v.view(*slots.shape, *v.shape[1:])
 
     def _expand(self, root_logits_hidden, root_hidden, first_positions, root_tokens, cad) -> Tree:
@@ -133,7 +140,8 @@ class EchoProposer(EagleProposer):
         prefix_k, prefix_v = self._draft_prefix(cad, prefix_lens) if steps > 1 else (None, None)
         parent_hidden = root_hidden.unsqueeze(1).expand(batch, topk, -1)
         tree_k = tree_v = None  # [B, M, Hkv, Dh]: frontier nodes of the depths drafted so far
-        seen = torch.zeros(batch, topk, 0, dtype=torch.bool)  # [B, K, M] ancestors of the frontier
+        eye = torch.eye(topk, dtype=torch.bool, device=root_hidden.device).expand(batch, -1, -1)
+        seen = eye[:, :, :0]  # [B, K, M]: which tree keys are ancestors of each frontier node
         for depth in range(1, steps):
             positions = (first_positions.long() + depth - 1).view(batch, 1).expand(batch, topk)
             logits_hidden, hidden, k, v = self._draft_step(
@@ -141,7 +149,7 @@ class EchoProposer(EagleProposer):
             )
             tree_k = k if tree_k is None else torch.cat([tree_k, k], dim=1)
             tree_v = v if tree_v is None else torch.cat([tree_v, v], dim=1)
-            seen_self = torch.cat([seen, torch.eye(topk, dtype=torch.bool).expand(batch, -1, -1)], dim=2)
+            seen_self = torch.cat([seen, eye], dim=2)
             top_logprobs, top_tokens = self._topk_children(logits_hidden, topk)
             frontier, pool = expand_frontier(
                 frontier, top_logprobs.view(batch, topk, topk), top_tokens.view(batch, topk, topk), pool
@@ -178,7 +186,7 @@ class EchoProposer(EagleProposer):
         q = q.view(batch, topk, attn.num_heads, attn.head_dim)
         k = k.view(batch, topk, attn.num_kv_heads, attn.head_dim)
         v = v.view(batch, topk, attn.num_kv_heads, attn.head_dim)
-        self_mask = torch.eye(topk, dtype=torch.bool).expand(batch, -1, -1)
+        self_mask = torch.eye(topk, dtype=torch.bool, device=q.device).expand(batch, -1, -1)
         keys = k if tree_k is None else torch.cat([tree_k, k], dim=1)
         values = v if tree_v is None else torch.cat([tree_v, v], dim=1)
         out = tree_attention(

@@ -57,6 +57,36 @@ def select_echo_worker(parallel_config: Any, is_cpu: bool) -> None:
     parallel_config.worker_cls = CPU_WORKER if is_cpu else GPU_WORKER
 
 
+def require_gpu_settings(engine_args: Any) -> None:
+    """The vLLM settings echo's GPU path needs, set where the user left them open; a
+    conflicting explicit choice is refused, naming it."""
+    from vllm.config.compilation import CUDAGraphMode
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    # a step's drafts are verified in the next step: the scheduler must wait for them
+    if engine_args.async_scheduling:
+        raise ValueError("echo-vllm: method 'echo' needs synchronous scheduling; remove async_scheduling")
+    engine_args.async_scheduling = False
+    # echo rewrites tree rows after FlashAttention (kernels/gpu_backend.py)
+    chosen = engine_args.attention_backend or engine_args.attention_config.backend
+    chosen_name = getattr(chosen, "name", chosen)  # an enum member, or still its name
+    if chosen is not None and chosen_name != AttentionBackendEnum.FLASH_ATTN.name:
+        raise ValueError(
+            f"echo-vllm: method 'echo' extends the FLASH_ATTN attention backend on GPU; "
+            f"remove attention_backend={chosen_name}"
+        )
+    if engine_args.attention_config.backend is None:
+        engine_args.attention_backend = AttentionBackendEnum.FLASH_ATTN
+    # the rewrite runs between CUDA-graph pieces, never inside a captured attention
+    mode = engine_args.compilation_config.cudagraph_mode
+    if mode not in (None, CUDAGraphMode.NONE, CUDAGraphMode.PIECEWISE):
+        raise ValueError(
+            f"echo-vllm: method 'echo' needs cudagraph_mode PIECEWISE or NONE, got {mode.name}"
+        )
+    if mode is None:
+        engine_args.compilation_config.cudagraph_mode = CUDAGraphMode.PIECEWISE
+
+
 def _wrap_create_speculative_config(original):
     @functools.wraps(original)
     def create_speculative_config(self, target_model_config, target_parallel_config):
@@ -79,6 +109,8 @@ def _wrap_create_speculative_config(original):
         if not isinstance(self.additional_config, dict):
             raise ValueError("echo-vllm: method 'echo' needs additional_config to be a dict")
         select_echo_worker(target_parallel_config, current_platform.is_cpu())
+        if not current_platform.is_cpu():
+            require_gpu_settings(self)
         self.additional_config[ADDITIONAL_CONFIG_KEY] = echo.to_dict()
         logger.info(
             "echo-vllm: method 'echo' with head %s: steps=%d topk=%d num_draft_tokens=%d "

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from echo_vllm.core.verify import verify_tree
+from echo_vllm.core.verify import exponential_race, verify_tree
 
 # Trees of several shapes over a 6-token vocabulary: (tokens, parents); node 0 is the root.
 STAR = ([9, 2, 0, 4], [-1, 0, 0, 0])
@@ -127,3 +127,12 @@ def test_truncated_target_never_emits_removed_tokens():
     for _ in range(3000):
         counts[verify_tree(*STAR, sampler(probs, g)).output_tokens[0]] += 1
     assert chi2_pvalue(counts, probs[0]) > 1e-3
+
+
+def test_exponential_race_samples_the_distribution():
+    probs = torch.tensor([0.05, 0.5, 0.0, 0.25, 0.2])
+    g = torch.Generator().manual_seed(3)
+    counts = torch.zeros(5)
+    for _ in range(6000):
+        counts[exponential_race(probs, g)] += 1
+    assert chi2_pvalue(counts, probs) > 1e-3

@@ -4,7 +4,15 @@ import pytest
 import torch
 from vllm import _custom_ops as ops
 
-from echo_vllm.kernels.paged_kv import gather_kv, move_kv, prefix_slots, scatter_kv, slots_of
+from echo_vllm.kernels.paged_kv import (
+    CPU_PACKED,
+    HEAD_MAJOR,
+    gather_kv,
+    move_kv,
+    prefix_slots,
+    scatter_kv,
+    slots_of,
+)
 
 NUM_BLOCKS, KV_HEADS, BLOCK, DH = 5, 2, 32, 64
 
@@ -35,15 +43,26 @@ def test_scatter_writes_what_the_cpp_writer_would():
     assert torch.equal(ours, theirs)
 
 
-def test_move_reads_all_sources_before_writing():
+@pytest.mark.parametrize("layout", [CPU_PACKED, HEAD_MAJOR], ids=lambda l: l.name)
+def test_move_reads_all_sources_before_writing(layout):
     cache = torch.zeros(NUM_BLOCKS, KV_HEADS, BLOCK, 2 * DH)
-    slots = torch.arange(8)
+    slots = torch.arange(30, 38)  # across a block boundary
     k, v = torch.randn(8, KV_HEADS, DH), torch.randn(8, KV_HEADS, DH)
-    scatter_kv(cache, slots, k, v)
+    layout.scatter(cache, slots, k, v)
     # accepted tree nodes 2, 5, 7 move to the chain slots 1, 2, 3 (2 is a source and a target)
-    move_kv([cache], torch.tensor([2, 5, 7]), torch.tensor([1, 2, 3]))
-    gk, gv = gather_kv(cache, torch.tensor([0, 1, 2, 3]))
+    move_kv(layout, [cache], slots[[2, 5, 7]], slots[[1, 2, 3]])
+    gk, gv = layout.gather(cache, slots[:4])
     assert torch.equal(gk, k[[0, 2, 5, 7]]) and torch.equal(gv, v[[0, 2, 5, 7]])
+
+
+def test_head_major_matches_how_flash_attention_splits_its_cache():
+    cache = torch.zeros(NUM_BLOCKS, KV_HEADS, BLOCK, 2 * DH)
+    k, v = torch.randn(3, KV_HEADS, DH), torch.randn(3, KV_HEADS, DH)
+    slots = torch.tensor([5, 33, 100])
+    HEAD_MAJOR.scatter(cache, slots, k, v)
+    key_cache, value_cache = cache.transpose(1, 2).split(DH, dim=-1)  # vLLM's FlashAttention view
+    assert torch.equal(key_cache[slots // BLOCK, slots % BLOCK], k)
+    assert torch.equal(value_cache[slots // BLOCK, slots % BLOCK], v)
 
 
 def test_slots_of_worked_example():
