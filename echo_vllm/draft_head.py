@@ -72,6 +72,12 @@ def check_head_matches_target(path: str, target: TargetShape) -> dict[str, Any]:
             f"the head's vocab_size is {config.get('vocab_size')}, "
             f"but the target's is {target.vocab_size}",
         )
+    if config.get("num_hidden_layers", 1) != 1:
+        raise _fail(
+            path,
+            f"the head has {config['num_hidden_layers']} decoder layers; echo's tree drafter "
+            "runs one-layer EAGLE-3 heads",
+        )
     draft_vocab_size = config.get("draft_vocab_size") or config["vocab_size"]
     if draft_vocab_size > target.vocab_size:
         raise _fail(path, f"draft_vocab_size {draft_vocab_size} exceeds the target vocabulary")

@@ -76,3 +76,9 @@ def test_aux_layers_beyond_the_target(tmp_path, tiny_head):
     head = edited_head(tmp_path, tiny_head, eagle_config={"eagle_aux_hidden_state_layer_ids": [1, 2, 9]})
     with pytest.raises(ValueError, match=r"\[1, 2, 9\] must be layer indices of the target, in \[0, 4\)"):
         check_head_matches_target(head, TARGET)
+
+
+def test_multi_layer_heads_are_refused(tmp_path, tiny_head):
+    head = edited_head(tmp_path, tiny_head, num_hidden_layers=2)
+    with pytest.raises(ValueError, match="the head has 2 decoder layers"):
+        check_head_matches_target(head, TARGET)

@@ -40,15 +40,6 @@ class EchoProposer(EagleProposer):
         # runner passes only the token lists on, so echo's runner collects them here.
         self.drafted_trees: Tree | None = None
 
-    def load_model(self, target_model) -> None:
-        super().load_model(target_model)
-        num_layers = len(self.model.model.layers)
-        if num_layers != 1:
-            raise ValueError(
-                f"echo-vllm: the draft head has {num_layers} decoder layers; echo's tree "
-                "drafter runs one-layer EAGLE-3 heads"
-            )
-
     def propose(
         self,
         num_speculative_tokens,

@@ -30,8 +30,6 @@ OVERRIDES = [
                   "common_attn_metadata", "sampling_metadata", "mm_embed_inputs",
                   "num_rejected_tokens_gpu", "slot_mappings"), "0.32.*",
                  "tree drafting replaces chain drafting"),
-    VllmOverride(f"{_PROPOSER}.load_model", ("target_model",), "0.32.*",
-                 "refuse draft heads of more than one layer"),
     VllmOverride(f"{_PROPOSER}.set_inputs_first_pass",
                  ("target_token_ids", "next_token_ids", "target_positions", "target_hidden_states",
                   "token_indices_to_sample", "cad", "num_rejected_tokens_gpu"), "0.32.*",
