@@ -10,6 +10,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
+from echo_vllm.assets.models import is_prepared, model_dir  # noqa: E402
 from tiny_models import build_tiny_head, build_tiny_llama  # noqa: E402
 
 # Small, explicit KV cache: several tiny engines may be alive in one test session.
@@ -31,6 +32,14 @@ def tiny_target(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_head(tmp_path_factory, tiny_target) -> str:
     return build_tiny_head(str(tmp_path_factory.mktemp("tiny_head")), tiny_target)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    """The real target, prepared by scripts/setup.sh (a missing model is a failure, not a skip)."""
+    if not is_prepared("smollm2-135m"):
+        pytest.fail("SmolLM2 is not prepared: run scripts/setup.sh (echo-vllm prepare-model smollm2-135m)")
+    return str(model_dir("smollm2-135m"))
 
 
 def random_token_prompts(n: int, vocab: int, min_len: int, max_len: int, seed: int):

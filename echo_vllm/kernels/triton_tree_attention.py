@@ -18,6 +18,21 @@ import triton.language as tl
 
 
 @triton.jit
+def _attend(q, key_ptrs, value_ptrs, visible, load_mask, acc, running_sum, running_max):
+    """Fold one tile of keys into the online softmax; returns (acc, running_sum, running_max).
+    q [HEAD_DIM]; key_ptrs, value_ptrs [tile, HEAD_DIM]; visible [tile]."""
+    k = tl.load(key_ptrs, mask=load_mask, other=0.0).to(tl.float32)
+    v = tl.load(value_ptrs, mask=load_mask, other=0.0).to(tl.float32)
+    scores = tl.where(visible, tl.sum(k * q[None, :], axis=1), -1.0e30)
+    new_max = tl.maximum(running_max, tl.max(scores, axis=0))
+    probs = tl.where(visible, tl.exp(scores - new_max), 0.0)
+    correction = tl.exp(running_max - new_max)
+    acc = acc * correction + tl.sum(probs[:, None] * v, axis=0)
+    running_sum = running_sum * correction + tl.sum(probs, axis=0)
+    return acc, running_sum, new_max
+
+
+@triton.jit
 def _tree_attention_kernel(
     query_ptr, tree_key_ptr, tree_value_ptr, tree_mask_ptr,
     key_cache_ptr, value_cache_ptr, block_table_ptr, prefix_lens_ptr, out_ptr,
@@ -54,29 +69,19 @@ def _tree_attention_kernel(
         valid = pos < prefix_len
         block = tl.load(block_table_ptr + req * stride_btb + pos // CACHE_BLOCK, mask=valid, other=0)
         row = block.to(tl.int64) * stride_cb + (pos % CACHE_BLOCK) * stride_cs + kv_head * stride_ch
-        both = valid[:, None] & dim_ok[None, :]
-        k = tl.load(key_cache_ptr + row[:, None] + dims[None, :], mask=both, other=0.0).to(tl.float32)
-        v = tl.load(value_cache_ptr + row[:, None] + dims[None, :], mask=both, other=0.0).to(tl.float32)
-        scores = tl.where(valid, tl.sum(k * q[None, :], axis=1), -1.0e30)
-        new_max = tl.maximum(running_max, tl.max(scores, axis=0))
-        probs = tl.where(valid, tl.exp(scores - new_max), 0.0)
-        correction = tl.exp(running_max - new_max)
-        acc = acc * correction + tl.sum(probs[:, None] * v, axis=0)
-        running_sum = running_sum * correction + tl.sum(probs, axis=0)
-        running_max = new_max
+        offsets = row[:, None] + dims[None, :]
+        acc, running_sum, running_max = _attend(
+            q, key_cache_ptr + offsets, value_cache_ptr + offsets, valid,
+            valid[:, None] & dim_ok[None, :], acc, running_sum, running_max,
+        )
 
     nodes = tl.arange(0, NUM_NODES)
     visible = tl.load(tree_mask_ptr + req * stride_mb + node * stride_mn + nodes) != 0
-    tree_row = req * stride_tb + nodes * stride_tn + kv_head * stride_th
-    both = visible[:, None] & dim_ok[None, :]
-    k = tl.load(tree_key_ptr + tree_row[:, None] + dims[None, :], mask=both, other=0.0).to(tl.float32)
-    v = tl.load(tree_value_ptr + tree_row[:, None] + dims[None, :], mask=both, other=0.0).to(tl.float32)
-    scores = tl.where(visible, tl.sum(k * q[None, :], axis=1), -1.0e30)
-    new_max = tl.maximum(running_max, tl.max(scores, axis=0))
-    probs = tl.where(visible, tl.exp(scores - new_max), 0.0)
-    correction = tl.exp(running_max - new_max)
-    acc = acc * correction + tl.sum(probs[:, None] * v, axis=0)
-    running_sum = running_sum * correction + tl.sum(probs, axis=0)
+    offsets = (req * stride_tb + nodes * stride_tn + kv_head * stride_th)[:, None] + dims[None, :]
+    acc, running_sum, running_max = _attend(
+        q, tree_key_ptr + offsets, tree_value_ptr + offsets, visible,
+        visible[:, None] & dim_ok[None, :], acc, running_sum, running_max,
+    )
 
     out = acc / running_sum
     tl.store(out_ptr + req * stride_ob + node * stride_on + head * stride_oh + dims,

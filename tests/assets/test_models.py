@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -10,14 +11,8 @@ from echo_vllm import cli
 from echo_vllm.assets import models
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    if not models.is_prepared("smollm2-135m"):
-        pytest.fail("SmolLM2 is not prepared: run scripts/setup.sh (echo-vllm prepare-model smollm2-135m)")
-    return models.model_dir("smollm2-135m")
-
-
 def test_converted_checkpoint_is_an_ordinary_llama(smollm2):
+    smollm2 = Path(smollm2)
     config = json.loads((smollm2 / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
     assert config["rope_theta"] == 100000.0
@@ -27,6 +22,7 @@ def test_converted_checkpoint_is_an_ordinary_llama(smollm2):
 
 
 def test_second_run_is_a_no_op(smollm2, capsys):
+    smollm2 = Path(smollm2)
     before = (smollm2 / "model.safetensors").stat().st_mtime_ns
     start = time.perf_counter()
     assert cli.main(["prepare-model", "smollm2-135m"]) == 0

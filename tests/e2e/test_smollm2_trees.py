@@ -1,4 +1,4 @@
-"""Echo's trees on the real target (SmolLM2-135M-Instruct, with its tokenizer): EOS and stop
+"""Echo's trees on the real smollm2 (SmolLM2-135M-Instruct, with its tokenizer): EOS and stop
 strings that fall inside accepted paths end requests exactly where decoding without
 speculation ends them. The oracle drafter makes the draft trees contain the true
 continuation, so long paths are accepted."""
@@ -7,7 +7,6 @@ import pytest
 from vllm import LLM, SamplingParams
 
 from conftest import shutdown
-from echo_vllm.assets.models import is_prepared, model_dir
 from echo_vllm.assets.prompts import load_prompts
 from echo_vllm.draft_head import write_random_head
 from oracle import install_oracle
@@ -21,23 +20,16 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
 
 
 @pytest.fixture(scope="module")
-def target():
-    if not is_prepared("smollm2-135m"):
-        pytest.fail("SmolLM2 is not prepared: run scripts/setup.sh (echo-vllm prepare-model smollm2-135m)")
-    return str(model_dir("smollm2-135m"))
-
-
-@pytest.fixture(scope="module")
-def plain(target):
-    llm = LLM(model=target, **ENGINE)
+def plain(smollm2):
+    llm = LLM(model=smollm2, **ENGINE)
     yield llm
     shutdown(llm)
 
 
 @pytest.fixture(scope="module")
-def echo(target, plain, tmp_path_factory):
-    head = write_random_head(str(tmp_path_factory.mktemp("head")), target, draft_vocab_size=2048)
-    llm = LLM(model=target, **ENGINE, disable_log_stats=False,
+def echo(smollm2, plain, tmp_path_factory):
+    head = write_random_head(str(tmp_path_factory.mktemp("head")), smollm2, draft_vocab_size=2048)
+    llm = LLM(model=smollm2, **ENGINE, disable_log_stats=False,
               speculative_config={"method": "echo", "model": head, "steps": 4, "topk": 4, "num_draft_tokens": 12})
     # the oracle's continuations: long greedy runs that ignore EOS cover every stop below
     long_runs = plain.chat(CHATS, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True), use_tqdm=False)
