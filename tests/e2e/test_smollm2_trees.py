@@ -1,4 +1,4 @@
-"""Echo's trees on the real smollm2 (SmolLM2-135M-Instruct, with its tokenizer): EOS and stop
+"""Echo's trees on the real target (SmolLM2-135M-Instruct, with its tokenizer): EOS and stop
 strings that fall inside accepted paths end requests exactly where decoding without
 speculation ends them. The oracle drafter makes the draft trees contain the true
 continuation, so long paths are accepted."""
