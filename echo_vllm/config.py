@@ -12,6 +12,14 @@ Vocabulary (SGLang's, which the seed's tables use):
                                confidence is below the threshold stops growing ...
   remaining_num_draft_tokens   ... and is cut to this many verified nodes (root included)
 
+Policies (echo_vllm.core.gating): `static` (EAGLE-3's fixed tree), `ddd` (stop when the
+frontier's summed probability < threshold, checked after each judge depth, default every
+depth), `opt_tree` (stop when one more depth adds < threshold expected accepted tokens),
+`echo` (sparse gate at the judge depths, plus the batch's verification budget). Giving
+`judge_depth` without `policy` selects `echo`, as SGLang's ECHO options do. An `echo` gate
+comes from `judge_depth` + `threshold`, from a `calibration_file`, or, with neither, from
+calibrating online during the first `calibration_steps` verification steps.
+
 The candidate pool of an EAGLE-2-style expansion holds K nodes at depth 1 and K*K proposed
 children at every further depth (each of the K frontier nodes proposes K), so
 pool_size(D, K) = K + (D - 1) * K * K, e.g. pool_size(5, 8) = 264, pool_size(3, 1) = 3.
@@ -23,6 +31,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from echo_vllm.calibration_file import CALIBRATED_KEYS, TREE_KEYS, read_calibration
+
 METHOD = "echo"
 
 # Largest number of draft tokens vLLM's rejection sampler accepts per request (MAX_SPEC_LEN).
@@ -30,20 +40,13 @@ MAX_DRAFT_TOKENS = 128
 MAX_STEPS = 32
 MAX_TOPK = 32
 POLICIES = ("static", "ddd", "opt_tree", "echo")
+GATE_STATISTICS = ("frontier_sum", "best_path")  # echo_vllm.core.gating.STATISTICS
+# Verification steps an echo engine without a gate or calibration file spends calibrating
+# its gate online (gating off meanwhile).
+DEFAULT_CALIBRATION_STEPS = 256
 
 # vLLM speculative-config keys passed through unchanged to the draft model's config.
 VLLM_PASSTHROUGH_KEYS = ("draft_tensor_parallel_size", "max_model_len", "enforce_eager")
-
-# Options accepted and validated now whose behaviour lands with a later part of the project;
-# a non-default value is refused with a clear message instead of being silently ignored.
-NOT_YET_SUPPORTED = {
-    "judge_depth": "sparse confidence gating is not supported yet; remove 'judge_depth', "
-    "'threshold' and 'remaining_num_draft_tokens'",
-    "policy": "policies other than 'static' are not supported yet",
-    "budget": "the global verification budget is not supported yet; remove 'budget'",
-    "calibration_file": "calibration files are not supported yet; remove 'calibration_file'",
-}
-
 
 def pool_size(steps: int, topk: int) -> int:
     """Draft nodes an EAGLE-2-style expansion proposes: K at depth 1, K*K at each later depth."""
@@ -62,8 +65,10 @@ class EchoConfig:
     threshold: tuple[float, ...]
     remaining_num_draft_tokens: int | None
     policy: str
+    gate_statistic: str
     budget: int | str | None
     calibration_file: str | None
+    calibration_steps: int | None
     vllm_options: Mapping[str, Any]
 
     @property
@@ -77,6 +82,13 @@ class EchoConfig:
         vllm_options = out.pop("vllm_options")
         out["judge_depth"] = list(self.judge_depth)
         out["threshold"] = list(self.threshold)
+        if self.policy != "echo":
+            del out["gate_statistic"]
+        if self.calibration_file is not None:  # the file decides these again on reading
+            for key in CALIBRATED_KEYS:
+                del out[key]
+        # options a policy does not read stay out (they would be refused)
+        out = {key: value for key, value in out.items() if value not in (None, [])}
         return {"method": METHOD, **out, **vllm_options}
 
 
@@ -130,8 +142,8 @@ def _choice(options: Mapping[str, Any], key: str, default: str, choices: tuple[s
     return value
 
 
-def _budget(options: Mapping[str, Any]) -> int | str | None:
-    value = options.get("budget")
+def _budget(options: Mapping[str, Any], default: str | None) -> int | str | None:
+    value = options.get("budget", default)
     if value is None or value == "auto":
         return value
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -168,6 +180,8 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
             f"{sorted(VALID_KEYS)}"
         )
 
+    if options.get("calibration_file") is not None:
+        options = _with_calibration(options)
     steps = _int(options, "steps", 3, 1, MAX_STEPS)
     topk = _int(options, "topk", 1, 1, MAX_TOPK)
     max_nodes = 1 + min(pool_size(steps, topk), MAX_DRAFT_TOKENS)
@@ -183,18 +197,24 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
             )
     num_draft_tokens = _int(options, "num_draft_tokens", default_nodes, 2, max_nodes)
 
+    gated = options.get("judge_depth") is not None
+    policy = _choice(options, "policy", "echo" if gated else "static", POLICIES)
     judge_depth = _int_list(options, "judge_depth", 1, max(1, steps - 1))
-    if judge_depth and steps < 2:
-        raise _fail(f"option 'judge_depth' needs steps >= 2 (a gate before the last depth), got steps = {steps}")
+    _check_policy_keys(options, policy, steps)
+    if policy == "ddd" and not judge_depth:
+        judge_depth = tuple(range(1, steps))  # DDD checks after every depth
     threshold = _float_list(options, "threshold", 0.0, 1.0)
-    remaining = _int(options, "remaining_num_draft_tokens", None, 1, num_draft_tokens)
-    if (threshold or remaining is not None) and not judge_depth:
-        raise _fail("options 'threshold' and 'remaining_num_draft_tokens' need 'judge_depth'")
-    if judge_depth and len(threshold) != len(judge_depth):
+    if policy in ("ddd", "opt_tree") and len(threshold) != 1:
+        raise _fail(f"option 'threshold' must be one number for policy '{policy}', got {options.get('threshold')!r}")
+    if policy == "echo" and len(threshold) != len(judge_depth):
         raise _fail(
             f"option 'threshold' must give one value per judge depth {list(judge_depth)}, "
             f"got {list(threshold)}"
         )
+    # a gated request keeps by default its best path down to the first judge depth
+    # (online calibration picks it with the judge depth when none is given)
+    default_remaining = min(judge_depth[0] + 1, num_draft_tokens) if policy == "echo" and judge_depth else None
+    remaining = _int(options, "remaining_num_draft_tokens", default_remaining, 1, num_draft_tokens)
 
     config = EchoConfig(
         model=_path(options, "model", required=True),
@@ -204,25 +224,63 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
         judge_depth=judge_depth,
         threshold=threshold,
         remaining_num_draft_tokens=remaining,
-        policy=_choice(options, "policy", "static", POLICIES),
-        budget=_budget(options),
+        policy=policy,
+        gate_statistic=_choice(options, "gate_statistic", "frontier_sum", GATE_STATISTICS),
+        budget=_budget(options, "auto" if policy == "echo" else None),
         calibration_file=_path(options, "calibration_file", required=False),
+        calibration_steps=_int(options, "calibration_steps",
+                               DEFAULT_CALIBRATION_STEPS if policy == "echo" and not judge_depth else None,
+                               1, 1_000_000),
         vllm_options={k: options[k] for k in VLLM_PASSTHROUGH_KEYS if k in options},
     )
-    _refuse_not_yet_supported(config)
     return config
 
 
-def _refuse_not_yet_supported(config: EchoConfig) -> None:
-    used = {
-        "judge_depth": bool(config.judge_depth),
-        "policy": config.policy != "static",
-        "budget": config.budget is not None,
-        "calibration_file": config.calibration_file is not None,
-    }
-    for key, is_used in used.items():
-        if is_used:
-            raise _fail(f"option '{key}': {NOT_YET_SUPPORTED[key]}")
+# Which options each policy reads; any other policy refuses them rather than ignore them.
+POLICY_OPTIONS = {
+    "calibration_file": ("echo",),
+    "calibration_steps": ("echo",),
+    "judge_depth": ("ddd", "echo"),
+    "threshold": ("ddd", "opt_tree", "echo"),
+    "remaining_num_draft_tokens": ("echo",),
+    "gate_statistic": ("echo",),
+    "budget": ("echo",),
+}
+
+
+def _check_policy_keys(options: Mapping[str, Any], policy: str, steps: int) -> None:
+    for key, policies in POLICY_OPTIONS.items():
+        if options.get(key) is not None and policy not in policies:
+            raise _fail(f"option '{key}' is not used by policy '{policy}' (only by {list(policies)})")
+    if policy != "static" and steps < 2:
+        raise _fail(f"policy '{policy}' decides between depths and needs steps >= 2, got steps = {steps}")
+    required = {"ddd": ("threshold",), "opt_tree": ("threshold",)}
+    if policy == "echo" and (options.get("judge_depth") is not None or options.get("threshold") is not None):
+        required["echo"] = ("judge_depth", "threshold")  # a gate given by hand is given whole
+    for key in required.get(policy, ()):
+        if options.get(key) is None:
+            raise _fail(f"policy '{policy}' needs option '{key}'")
+    if options.get("calibration_steps") is not None and options.get("judge_depth") is not None:
+        raise _fail("option 'calibration_steps' calibrates the gate online; it cannot be combined "
+                    "with a gate given by 'judge_depth' / 'threshold' or 'calibration_file'")
+
+
+def _with_calibration(options: dict[str, Any]) -> dict[str, Any]:
+    """The options with the gate a calibration file chose (judge depth, threshold,
+    statistic, remaining nodes). The file decides those; the tree it was measured on must
+    be the configured one."""
+    path = _path(options, "calibration_file", required=True)
+    given = [key for key in CALIBRATED_KEYS if options.get(key) is not None]
+    if given:
+        raise _fail(f"option(s) {given} are decided by calibration_file {path!r}; remove them or the file")
+    content = read_calibration(path)
+    for key in TREE_KEYS:
+        if key in options and options[key] != content[key]:
+            raise _fail(
+                f"option '{key}' = {options[key]!r} differs from {content[key]!r} in calibration_file "
+                f"{path!r}; calibrate again with this tree or use the file's value"
+            )
+    return {**options, **{key: content[key] for key in (*TREE_KEYS, *CALIBRATED_KEYS)}}
 
 
 def to_vllm_speculative_config(config: EchoConfig) -> dict[str, Any]:

@@ -94,8 +94,19 @@ def check_head_matches_target(path: str, target: TargetShape) -> dict[str, Any]:
 
 
 def default_aux_layer_ids(num_target_layers: int) -> tuple[int, int, int]:
-    """vLLM's default EAGLE-3 taps: a low, a middle and a high layer of the target."""
-    return (2, num_target_layers // 2, num_target_layers - 3)
+    """The EAGLE-3 taps a new head records: a low, a middle and a high layer of the target.
+
+    vLLM's default (2, L // 2, L - 3) whenever those are three distinct layers (L >= 7); a
+    shallower target gets three distinct layers spread over its depth instead (vLLM's
+    would repeat a layer and its `fc` would not see three hidden states).
+    Worked examples: L 30 -> (2, 15, 27); L 4 -> (1, 2, 3); L 3 -> (0, 1, 2).
+    """
+    if num_target_layers < 3:
+        raise ValueError(f"echo-vllm: an EAGLE-3 head taps three target layers; the target has {num_target_layers}")
+    low, middle, high = 2, num_target_layers // 2, num_target_layers - 3
+    if low < middle < high:
+        return (low, middle, high)
+    return (min(1, num_target_layers - 3), num_target_layers // 2, num_target_layers - 1)
 
 
 def head_config(

@@ -23,6 +23,7 @@ are scheduled (`_echo_trees`, by request id).
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,13 +31,19 @@ import torch
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
 from vllm.config.vllm import get_layers_from_vllm_config
+from vllm.forward_context import set_forward_context
 
+from echo_vllm.core.budget import CostModel, measurement_sizes
+from echo_vllm.core.calibration import NOT_ACCEPTED, choose_gate, step_costs
+from echo_vllm.core.gating import STATISTICS, echo_policy
 from echo_vllm.core.tree import ancestor_mask, node_depths
 from echo_vllm.core.verify import Verdict
 from echo_vllm.kernels.paged_kv import check_isa, move_kv, slots_of
 from echo_vllm.kernels.tree_attention import METADATA_ATTRIBUTE, TreeAttentionBatch
-from echo_vllm.proposers.eagle_tree import EchoProposer, kv_layout_of
+from echo_vllm.proposers.eagle_tree import EchoProposer, kv_layout_of, same_on_every_rank
+from echo_vllm.log import logger
 from echo_vllm.tree_sampler import sample_trees
+
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,8 @@ class PendingTree:
 
     drafts: list[int]  # the draft tokens, in tree order (the root excluded)
     parent_idx: list[int]  # for nodes 0..len(drafts): -1 for the root
+    # when calibrating: gate statistics by depth [D-1][S], and each node's score rank
+    calibration: tuple[list[list[float]], list[int]] | None = None
 
 
 def chain_parents(num_nodes: int) -> list[int]:
@@ -79,6 +88,12 @@ class EchoRunnerMixin:
         self._echo_row_moves: tuple[torch.Tensor, torch.Tensor] | None = None
         self._echo_target_kv_caches: list[torch.Tensor] | None = None
         self._echo_kv_layout = kv_layout_of(device)
+        # Sweet-Spot calibration records: (gate statistics by depth, accepted path's score
+        # ranks by depth), one per request-step whose whole drafted tree was verified
+        self.echo_calibration_records: list[tuple[list[list[float]], list[int]]] = []
+        self._echo_online_batch_sizes: list[int] = []  # per step, while calibrating online
+        # (start time, tokens) of the target pass in flight, timed for the auto budget
+        self._echo_pass_start: tuple[float, int] | None = None
 
     # ---- scheduling state -------------------------------------------------------------
 
@@ -172,6 +187,49 @@ class EchoRunnerMixin:
                     setattr(metadata, METADATA_ATTRIBUTE, step.attention)
         return attn_metadata, spec_common
 
+    # ---- the cost model behind echo's automatic budget --------------------------------
+
+    def measure_target_cost(self, repeats: int = 3) -> CostModel:
+        """Time target passes of a few sizes; the auto budget starts from this cost model
+        and refines it online. Attention over the KV cache is left out (no metadata), as in
+        vLLM's own profiling passes; the online refinement adds it back at the sizes run."""
+        max_tokens = min(self.scheduler_config.max_num_batched_tokens,
+                         self.scheduler_config.max_num_seqs * self.echo_config.num_draft_tokens)
+        sizes = measurement_sizes(max_tokens)
+        self._time_target_pass(max_tokens)  # first pass: allocation, not cost
+        tokens = [n for n in sizes for _ in range(repeats)]
+        seconds = [self._time_target_pass(n) for n in tokens]
+        cost = CostModel(tokens, seconds)
+        self.drafter.cost_model = cost
+        logger.info("echo-vllm: target pass cost model (tokens -> seconds): %s",
+                    ", ".join(f"{t}: {s:.4f}" for t, s in zip(cost.to_dict()["tokens"], cost.to_dict()["seconds"])))
+        return cost
+
+    def _time_target_pass(self, num_tokens: int) -> float:
+        with set_forward_context(None, self.vllm_config, num_tokens=num_tokens):
+            self._synchronize()
+            start = time.perf_counter()
+            self._model_forward(input_ids=self.input_ids.gpu[:num_tokens], positions=self.positions[:num_tokens])
+            self._synchronize()
+        return time.perf_counter() - start
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _model_forward(self, *args, **kwargs):
+        if self._echo_step is not None and getattr(self.drafter, "cost_model", None) is not None:
+            self._echo_pass_start = (time.perf_counter(), int(kwargs["positions"].shape[-1]))
+        return super()._model_forward(*args, **kwargs)
+
+    def _observe_target_pass(self) -> None:
+        """Refine the cost model with the verification pass that just finished (its
+        results are on the host now, so the time is real on every device)."""
+        if self._echo_pass_start is not None:
+            start, tokens = self._echo_pass_start
+            self._echo_pass_start = None
+            self.drafter.cost_model.observe(tokens, time.perf_counter() - start)
+
     # ---- verification -----------------------------------------------------------------
 
     def _sample(self, logits, spec_decode_metadata):
@@ -183,6 +241,8 @@ class EchoRunnerMixin:
         output, verdicts = sample_trees(
             self.sampler, logits, tokens, parents, num_nodes, self.input_batch.sampling_metadata
         )
+        self._record_calibration(step, verdicts)
+        self._calibrate_online(len(step.rows))
         tree, src, dst = accepted_moves(step, verdicts)
         if len(tree):
             # KV first: it must be in place even when the drafter does not run this step
@@ -192,7 +252,51 @@ class EchoRunnerMixin:
             move_kv(self._echo_kv_layout, self._target_kv_caches(), slots[:, 0], slots[:, 1])
         rows = step.root_rows[tree]
         self._echo_row_moves = ((rows + src).to(self.device), (rows + dst).to(self.device))
+        self._observe_target_pass()
         return output
+
+    def _record_calibration(self, step: TreeStep, verdicts: list[Verdict]) -> None:
+        """When calibrating: pair each request's drafted-tree statistics with how deep the
+        target accepted (the accepted nodes' score ranks, NOT_ACCEPTED below the path)."""
+        if not self.drafter.recording:
+            return
+        steps = self.echo_config.steps
+        for i, row in enumerate(step.rows):
+            pending = self._echo_trees.get(self.input_batch.req_ids[row])
+            if pending is None or pending.calibration is None or len(pending.drafts) + 1 != int(step.num_nodes[i]):
+                continue  # the scheduler cut this tree: not the tree the statistics describe
+            statistics, node_ranks = pending.calibration
+            path = [node_ranks[node] for node in verdicts[row].accepted_nodes]
+            self.echo_calibration_records.append((statistics, path + [NOT_ACCEPTED] * (steps - len(path))))
+
+    def _calibrate_online(self, batch_size: int) -> None:
+        """Echo without a gate: after its first calibration_steps verification steps, choose
+        the gate from what they recorded and the cost model, and switch it on."""
+        drafter = self.drafter
+        if drafter.online_calibration_steps is None:
+            return
+        self._echo_online_batch_sizes.append(batch_size)
+        if len(self._echo_online_batch_sizes) < drafter.online_calibration_steps:
+            return
+        records = self.echo_calibration_records
+        if not records:
+            return  # no whole tree verified yet: keep recording
+        config = self.echo_config
+        batch = int(np.median(self._echo_online_batch_sizes))
+        costs = step_costs(drafter.cost_model, drafter.draft_seconds, batch, config.steps, config.num_draft_tokens)
+        statistic, best, _ = choose_gate(torch.tensor([r[0] for r in records]), torch.tensor([r[1] for r in records]),
+                                         config.num_draft_tokens, config.remaining_num_draft_tokens, costs)
+        depth, threshold, statistic_index, remaining = same_on_every_rank(
+            [best.depth, best.threshold, STATISTICS.index(statistic), best.remaining_num_draft_tokens])
+        drafter.growth_policy = echo_policy(config.num_draft_tokens, (int(depth),), (threshold,), int(remaining),
+                                            STATISTICS[int(statistic_index)])
+        drafter.online_calibration_steps = None
+        drafter.recording = False
+        logger.info("echo-vllm: gate calibrated online over %d steps (%d request-steps, batch ~%d): %s at depth %d, "
+                    "threshold %.4f, remaining_num_draft_tokens %d; expected goodput %.3fx without the gate",
+                    len(self._echo_online_batch_sizes), len(records), batch, STATISTICS[int(statistic_index)],
+                    int(depth), threshold, int(remaining), best.goodput_gain)
+        records.clear()
 
     def _flat_trees(self, step: TreeStep, num_draft_tokens: list[int]):
         """Every request of the batch as a tree, flat: requests without drafts are lone roots."""
@@ -237,10 +341,13 @@ class EchoRunnerMixin:
             sample_hidden_states, aux_hidden_states, spec_decode_metadata,
             common_attn_metadata, slot_mappings,
         )
-        trees = self.drafter.drafted_trees
+        trees, calibration = self.drafter.drafted_trees, self.drafter.drafted_calibration
         for row, req_id in enumerate(self.input_batch.req_ids):
             n = int(trees.num_nodes[row])
-            self._echo_trees[req_id] = PendingTree(drafts[row], trees.parent_idx[row, :n].tolist())
+            recorded = None
+            if calibration is not None:
+                recorded = (calibration[0][row].tolist(), calibration[1][row, :n].tolist())
+            self._echo_trees[req_id] = PendingTree(drafts[row], trees.parent_idx[row, :n].tolist(), recorded)
         return drafts
 
 

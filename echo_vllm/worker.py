@@ -31,6 +31,14 @@ def echo_config_of(vllm_config: VllmConfig) -> EchoConfig:
     return parse_echo_config(options)
 
 
+def measure_cost_if_needed(runner: EchoRunnerMixin) -> None:
+    """Echo's automatic budget and its online calibration start from a measured cost model
+    of the target pass."""
+    config = runner.echo_config
+    if (config.budget == "auto" or config.calibration_steps is not None) and hasattr(runner, "drafter"):
+        runner.measure_target_cost()
+
+
 class EchoCPUModelRunner(EchoRunnerMixin, CPUModelRunner):
     pass
 
@@ -54,6 +62,11 @@ class EchoCPUWorker(CPUWorker):
         super().init_device()
         self.model_runner = EchoCPUModelRunner(self.vllm_config, self.device, echo_config_of(self.vllm_config))
 
+    def compile_or_warm_up_model(self):
+        times = super().compile_or_warm_up_model()
+        measure_cost_if_needed(self.model_runner)
+        return times
+
 
 class EchoGPUWorker(Worker):
     """Not run on a GPU yet: this project's GPU machine cannot hold a full vLLM install."""
@@ -73,3 +86,8 @@ class EchoGPUWorker(Worker):
                 "(VLLM_USE_V2_MODEL_RUNNER=1); unset it"
             )
         return EchoGPUModelRunner(self.vllm_config, self.device, echo_config_of(self.vllm_config))
+
+    def compile_or_warm_up_model(self):
+        times = super().compile_or_warm_up_model()
+        measure_cost_if_needed(self.model_runner)
+        return times

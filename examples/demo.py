@@ -16,20 +16,16 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from echo_vllm.assets.models import cache_dir, model_dir, prepare_model  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from echo_vllm.assets.models import prepare_model  # noqa: E402
 from echo_vllm.assets.prompts import load_prompts  # noqa: E402
-from echo_vllm.draft_head import write_random_head  # noqa: E402
+
+# the EAGLE-3 head trained for SmolLM2 by `echo-vllm train-draft` (see its README.md)
+HEAD = Path(__file__).resolve().parents[1] / "heads" / "smollm2-135m-eagle3"
 
 ENGINE = dict(dtype="float32", enforce_eager=True, kv_cache_memory_bytes=1 << 30,
               max_model_len=2048, disable_log_stats=False)
-
-
-def untrained_head(target: str) -> str:
-    """The demo's draft head. No trained SmolLM2 head ships yet: use a random one, built once."""
-    path = cache_dir() / "heads" / "smollm2-135m-random"
-    if not (path / "config.json").exists():
-        write_random_head(str(path), target, draft_vocab_size=8192, seed=0)
-    return str(path)
 
 
 def timed_chat(llm, conversations, sampling) -> tuple[float, list[list[int]]]:
@@ -56,7 +52,7 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     target = str(prepare_model("smollm2-135m"))
-    head = untrained_head(target)
+    head = str(HEAD)
     conversations = [[{"role": "user", "content": p.text}]
                      for p in load_prompts("mt_bench", limit=args.prompts)]
     sampling = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
@@ -74,8 +70,7 @@ def main() -> None:
     drafts, accepted = spec_counter(echo, "num_drafts"), spec_counter(echo, "num_accepted_tokens")
     print(f"\nSmolLM2-135M-Instruct, float32, CPU, batch size 1, {args.prompts} MT-Bench "
           f"questions x {args.max_tokens} tokens, {args.repetitions} repetitions interleaved")
-    print(f"draft head: {head} (untrained: drafts are almost never accepted, so this shows "
-          "echo's plumbing and overhead, not its speed-up)")
+    print(f"draft head: {head}")
     for name, values in rates.items():
         print(f"  {name:5s} median {statistics.median(values):6.1f} tokens/s "
               f"(min {min(values):.1f}, max {max(values):.1f})")

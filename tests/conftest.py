@@ -55,3 +55,22 @@ def shutdown(llm) -> None:
     llm.llm_engine.engine_core.shutdown()
     del llm
     gc.collect()
+
+
+def token_ids(outputs) -> list[list[int]]:
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def plain_tokens(target: str, prompts, sampling) -> list[list[int]]:
+    """What the target writes without speculation (an engine started and stopped here)."""
+    from vllm import LLM
+
+    llm = LLM(model=target, **TINY_ENGINE)
+    out = token_ids(llm.generate(prompts, sampling, use_tqdm=False))
+    shutdown(llm)
+    return out
+
+
+def spec_counter(llm, name: str) -> float:
+    """One of vLLM's spec-decode counters (vllm:spec_decode_<name>), summed over engines."""
+    return sum(m.value for m in llm.get_metrics() if m.name == f"vllm:spec_decode_{name}")

@@ -2,6 +2,7 @@
 
 import pytest
 
+from echo_vllm.calibration_file import write_calibration
 from echo_vllm.config import (
     VALID_KEYS,
     parse_echo_config,
@@ -22,6 +23,36 @@ def test_defaults_are_a_chain_of_three_drafts():
         "method": "eagle3", "model": "/heads/x", "num_speculative_tokens": 3,
         "disable_padded_drafter_batch": True,
     }
+
+
+def test_the_seeds_sglang_options_select_echo():
+    config = parse(steps=5, topk=8, num_draft_tokens=32, judge_depth=3, threshold=0.3,
+                   remaining_num_draft_tokens=20)
+    assert (config.policy, config.judge_depth, config.threshold) == ("echo", (3,), (0.3,))
+    assert config.remaining_num_draft_tokens == 20 and config.gate_statistic == "frontier_sum"
+    assert config.budget == "auto"
+    assert parse(steps=4, topk=2, judge_depth=2, threshold=0.5).remaining_num_draft_tokens == 3
+
+
+def test_echo_without_a_gate_calibrates_online():
+    config = parse(policy="echo", steps=4, topk=2)
+    assert (config.judge_depth, config.threshold, config.remaining_num_draft_tokens) == ((), (), None)
+    assert config.calibration_steps == 256 and config.budget == "auto"
+    assert parse_echo_config(config.to_dict()) == config
+    assert parse(policy="echo", steps=4, calibration_steps=8).calibration_steps == 8
+    assert parse(judge_depth=1, threshold=0.5).calibration_steps is None
+
+
+def test_baseline_policies_and_their_defaults():
+    ddd = parse(policy="ddd", steps=4, topk=2, threshold=0.4)
+    assert (ddd.judge_depth, ddd.threshold, ddd.remaining_num_draft_tokens) == ((1, 2, 3), (0.4,), None)
+    assert parse_echo_config(ddd.to_dict()) == ddd
+    assert parse(policy="ddd", steps=4, judge_depth=[2], threshold=[0.4]).judge_depth == (2,)
+    opt = parse(policy="opt_tree", steps=4, topk=2, threshold=0.05)
+    assert (opt.judge_depth, opt.threshold) == ((), (0.05,))
+    echo = parse(judge_depth=1, threshold=0.5, budget=12, gate_statistic="best_path")
+    assert (echo.budget, echo.gate_statistic) == (12, "best_path")
+    assert parse_echo_config(echo.to_dict()) == echo
 
 
 def test_round_trip_through_dict():
@@ -59,12 +90,23 @@ def test_pool_size_worked_examples():
         ({"judge_depth": 1, "threshold": 1.5}, "'threshold' must be in [0.0, 1.0], got 1.5"),
         ({"judge_depth": 1, "threshold": "high"}, "'threshold' must be a number"),
         ({"judge_depth": [1, 2], "threshold": 0.5}, "one value per judge depth"),
-        ({"threshold": 0.5}, "need 'judge_depth'"),
-        ({"remaining_num_draft_tokens": 2}, "need 'judge_depth'"),
+        ({"threshold": 0.5}, "option 'threshold' is not used by policy 'static'"),
+        ({"remaining_num_draft_tokens": 2}, "option 'remaining_num_draft_tokens' is not used by policy 'static'"),
+        ({"budget": 8}, "option 'budget' is not used by policy 'static'"),
+        ({"policy": "ddd", "threshold": 0.5, "budget": 8}, "option 'budget' is not used by policy 'ddd'"),
+        ({"policy": "opt_tree", "threshold": 0.1, "judge_depth": 1}, "option 'judge_depth' is not used by policy 'opt_tree'"),
+        ({"policy": "ddd"}, "policy 'ddd' needs option 'threshold'"),
+        ({"policy": "echo", "judge_depth": 1}, "policy 'echo' needs option 'threshold'"),
+        ({"judge_depth": 1, "threshold": 0.5, "calibration_steps": 10}, "'calibration_steps' calibrates the gate online"),
+        ({"calibration_steps": 10}, "option 'calibration_steps' is not used by policy 'static'"),
+        ({"policy": "echo", "threshold": 0.5}, "policy 'echo' needs option 'judge_depth'"),
+        ({"policy": "ddd", "steps": 4, "threshold": [0.1, 0.2]}, "'threshold' must be one number for policy 'ddd'"),
+        ({"policy": "opt_tree", "steps": 1, "threshold": 0.1}, "needs steps >= 2, got steps = 1"),
+        ({"judge_depth": 1, "threshold": 0.5, "gate_statistic": "entropy"}, "'gate_statistic' must be one of ['frontier_sum', 'best_path']"),
         ({"judge_depth": 1, "threshold": 0.5, "remaining_num_draft_tokens": 9}, "'remaining_num_draft_tokens' must be in [1, 4], got 9"),
         ({"policy": "greedy"}, "'policy' must be one of ['static', 'ddd', 'opt_tree', 'echo'], got 'greedy'"),
-        ({"budget": 0}, "'budget' must be 'auto' or an integer >= 1, got 0"),
-        ({"budget": "lots"}, "'budget' must be 'auto' or an integer >= 1"),
+        ({"judge_depth": 1, "threshold": 0.5, "budget": 0}, "'budget' must be 'auto' or an integer >= 1, got 0"),
+        ({"judge_depth": 1, "threshold": 0.5, "budget": "lots"}, "'budget' must be 'auto' or an integer >= 1"),
         ({"model": 7}, "'model' must be a path"),
         ({"calibration_file": ""}, "'calibration_file' must be a path"),
     ],
@@ -87,16 +129,42 @@ def test_missing_model_is_refused():
         parse_echo_config({"method": "echo"})
 
 
+def calibration(tmp_path, **overrides):
+    content = {"steps": 5, "topk": 4, "num_draft_tokens": 16, "judge_depth": [2], "threshold": [0.3],
+               "gate_statistic": "best_path", "remaining_num_draft_tokens": 6,
+               "models": {"target": "t", "draft": "d"}, "fingerprints": {"target": "x", "draft": "y"},
+               **overrides}
+    path = tmp_path / "calibration.json"
+    write_calibration(str(path), content)
+    return str(path)
+
+
+def test_a_calibration_file_decides_the_gate(tmp_path):
+    path = calibration(tmp_path)
+    config = parse(calibration_file=path)
+    assert (config.policy, config.steps, config.topk, config.num_draft_tokens) == ("echo", 5, 4, 16)
+    assert (config.judge_depth, config.threshold, config.gate_statistic) == ((2,), (0.3,), "best_path")
+    assert config.remaining_num_draft_tokens == 6
+    assert parse_echo_config(config.to_dict()) == config
+
+
 @pytest.mark.parametrize(
     "options, culprit",
     [
-        ({"steps": 4, "judge_depth": 2, "threshold": 0.3, "remaining_num_draft_tokens": 2}, "'judge_depth'"),
-        ({"policy": "echo"}, "'policy'"),
-        ({"budget": "auto"}, "'budget'"),
-        ({"calibration_file": "/tmp/c.json"}, "'calibration_file'"),
+        ({"threshold": 0.5}, "['threshold'] are decided by calibration_file"),
+        ({"topk": 8}, "option 'topk' = 8 differs from 4 in calibration_file"),
+        ({"policy": "ddd"}, "option 'calibration_file' is not used by policy 'ddd'"),
     ],
 )
-def test_options_not_supported_yet_are_refused_not_ignored(options, culprit):
-    with pytest.raises(ValueError, match="not supported yet") as info:
-        parse(**options)
+def test_calibration_file_conflicts_are_refused(tmp_path, options, culprit):
+    with pytest.raises(ValueError) as info:
+        parse(calibration_file=calibration(tmp_path), **options)
     assert culprit in str(info.value)
+
+
+def test_missing_or_foreign_calibration_file_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="does not exist; make one with `echo-vllm calibrate`"):
+        parse(calibration_file=str(tmp_path / "none.json"))
+    (tmp_path / "other.json").write_text('{"judge_depth": 2}')
+    with pytest.raises(ValueError, match="is not an echo-vllm calibration"):
+        parse(calibration_file=str(tmp_path / "other.json"))

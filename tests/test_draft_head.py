@@ -82,3 +82,14 @@ def test_multi_layer_heads_are_refused(tmp_path, tiny_head):
     head = edited_head(tmp_path, tiny_head, num_hidden_layers=2)
     with pytest.raises(ValueError, match="the head has 2 decoder layers"):
         check_head_matches_target(head, TARGET)
+
+
+def test_default_taps_are_vllms_or_three_distinct_layers():
+    from echo_vllm.draft_head import default_aux_layer_ids
+
+    assert default_aux_layer_ids(30) == (2, 15, 27)  # SmolLM2-135M: vLLM's own default
+    assert default_aux_layer_ids(4) == (1, 2, 3)
+    assert default_aux_layer_ids(3) == (0, 1, 2)
+    assert all(len(set(default_aux_layer_ids(n))) == 3 for n in range(3, 64))
+    with pytest.raises(ValueError, match="taps three target layers; the target has 2"):
+        default_aux_layer_ids(2)

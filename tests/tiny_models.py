@@ -41,3 +41,19 @@ def build_tiny_llama(path: str, seed: int = 0) -> str:
 
 def build_tiny_head(path: str, target_path: str, seed: int = 1) -> str:
     return write_random_head(path, target_path, draft_vocab_size=256, seed=seed, aux_layer_ids=(0, 1, 2))
+
+
+def build_tiny_chat_llama(path: str, tokenizer_dir: str, seed: int = 0) -> str:
+    """A random tiny Llama that speaks SmolLM2's vocabulary, with its tokenizer and chat
+    template, so text pipelines (chat prompts, training data) run on it."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**{**TINY, "vocab_size": 49152}, tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(config).to(torch.float32).save_pretrained(path, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        shutil.copy(f"{tokenizer_dir}/{name}", f"{path}/{name}")
+    return path

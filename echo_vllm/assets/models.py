@@ -125,3 +125,10 @@ def _convert(gguf: Path, spec: GgufModel, out: Path) -> None:
     saved = json.loads(config_path.read_text())
     saved["rope_theta"] = spec.rope_theta  # explicit, whatever the transformers version writes
     config_path.write_text(json.dumps(saved, indent=2))
+
+
+def context_length(model: str, cap: int) -> int:
+    """The max_model_len to start an engine on `model` with: `cap`, or less when the model's
+    own max_position_embeddings is smaller (vLLM refuses a longer one)."""
+    config = json.loads((Path(model) / "config.json").read_text())
+    return min(cap, int(config.get("max_position_embeddings", cap)))

@@ -5,6 +5,7 @@ Shape key:
   K  topk: children proposed per frontier node, and frontier width
   D  draft depth (steps)
   P  candidate-pool size per request: K at depth 1, K*K at each later depth
+  A  requests still growing (a gate stopped the others)
   N  verified nodes per request, node 0 = the root (the last committed token)
   V  vocabulary
 
@@ -47,6 +48,7 @@ class Tree:
     parent_idx: torch.Tensor  # [B, N] int64, -1 at the root and in padding
     depths: torch.Tensor  # [B, N] int64, 0 at the root and in padding
     num_nodes: torch.Tensor  # [B] int64, root included
+    pool_idx: torch.Tensor  # [B, N] int64, each node's position in the pool, -1 at the root and in padding
 
 
 def root_frontier(top_logprobs: torch.Tensor, top_tokens: torch.Tensor) -> tuple[Frontier, Pool]:
@@ -61,25 +63,33 @@ def root_frontier(top_logprobs: torch.Tensor, top_tokens: torch.Tensor) -> tuple
 
 
 def expand_frontier(
-    frontier: Frontier, top_logprobs: torch.Tensor, top_tokens: torch.Tensor, pool: Pool
+    frontier: Frontier, top_logprobs: torch.Tensor, top_tokens: torch.Tensor, pool: Pool,
+    rows: torch.Tensor | None = None,
 ) -> tuple[Frontier, Pool]:
     """One depth deeper: every frontier node proposes its top-k children; the k best
     children by cumulative score become the next frontier; all k*k join the pool.
 
-    top_logprobs, top_tokens [B, K, K]: the draft's k best tokens after each frontier node.
+    top_logprobs, top_tokens [A, K, K]: the draft's k best tokens after each frontier node.
+    rows [A] int64: the pool rows (requests) still growing, which the frontier belongs to;
+    None = all. The other rows get k*k placeholders with score -inf (never drafted, never
+    selected), so every row's pool keeps one layout (pool_depths).
     Worked example (B=1, K=2): frontier scores [-0.1, -0.5]; children log-probs
     [[-0.2, -0.3], [-0.1, -2.0]] -> candidates [-0.3, -0.4, -0.6, -2.5]; next frontier
     = candidates 0 and 1, both children of frontier node 0 (parent_pos [0, 0]).
     """
-    batch, topk = frontier.scores.shape
-    cand_scores = (frontier.scores.unsqueeze(-1) + top_logprobs.float()).reshape(batch, topk * topk)
-    cand_tokens = top_tokens.reshape(batch, topk * topk)
-    cand_parents = frontier.pool_idx.repeat_interleave(topk, dim=1)  # [B, K*K]
+    growing, topk = frontier.scores.shape
+    cand_scores = (frontier.scores.unsqueeze(-1) + top_logprobs.float()).reshape(growing, topk * topk)
+    cand_tokens = top_tokens.reshape(growing, topk * topk)
+    cand_parents = frontier.pool_idx.repeat_interleave(topk, dim=1)  # [A, K*K]
     next_scores, chosen = cand_scores.topk(topk, dim=-1)
     first_new = pool.tokens.shape[1]
     next_frontier = Frontier(
         cand_tokens.gather(1, chosen), next_scores, first_new + chosen, chosen // topk
     )
+    if rows is not None:
+        cand_tokens, cand_scores, cand_parents = _scatter_rows(
+            rows, pool.tokens.shape[0], (cand_tokens, 0), (cand_scores, -torch.inf), (cand_parents, -1)
+        )
     grown = Pool(
         torch.cat([pool.tokens, cand_tokens], dim=1),
         torch.cat([pool.scores, cand_scores], dim=1),
@@ -88,23 +98,56 @@ def expand_frontier(
     return next_frontier, grown
 
 
+def _scatter_rows(rows: torch.Tensor, batch: int, *values_and_fills):
+    """Each [A, ...] value placed at `rows` of a [B, ...] tensor filled with its fill value."""
+    out = []
+    for value, fill in values_and_fills:
+        full = torch.full((batch, *value.shape[1:]), fill, dtype=value.dtype, device=value.device)
+        full[rows] = value
+        out.append(full)
+    return out
+
+
+def pool_depths(steps: int, topk: int, device=None) -> torch.Tensor:
+    """[P] int64: the draft depth of each pool position (the layout every row shares).
+
+    Worked example: steps 3, topk 2 -> [1, 1, 2, 2, 2, 2, 3, 3, 3, 3].
+    """
+    counts = torch.tensor([topk] + [topk * topk] * (steps - 1), device=device)
+    return torch.arange(1, steps + 1, device=device).repeat_interleave(counts)
+
+
 def select_tree(pool: Pool, root_tokens: torch.Tensor, num_nodes: torch.Tensor) -> Tree:
     """The verified set: the root plus each request's num_nodes - 1 best pool nodes.
 
-    Connected by construction: a parent scores at least as high as its child and precedes
-    it in the pool, and the stable sort breaks ties by pool order, so a chosen node's
-    parent is always chosen too. Chosen nodes keep pool order (parents before children).
     root_tokens [B]; num_nodes [B] int64 with 1 <= num_nodes <= P + 1.
     """
+    return tree_from_chosen(pool, root_tokens, best_nodes(pool.scores, num_nodes - 1))
+
+
+def best_nodes(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """[B, P] bool: each request's counts[b] best pool nodes by score (ties: pool order).
+
+    A pool node with score -inf (never drafted: its request stopped growing) is never
+    chosen. Connected by construction: a parent scores at least as high as its child and
+    precedes it in the pool, so a chosen node's parent is chosen too.
+    """
+    batch, pool_size = scores.shape
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    rank = torch.arange(pool_size, device=scores.device).expand(batch, pool_size)
+    keep = rank < counts.to(scores.device).view(batch, 1)  # over the sorted order
+    chosen = torch.zeros(batch, pool_size, dtype=torch.bool, device=scores.device).scatter(1, order, keep)
+    return chosen & torch.isfinite(scores)
+
+
+def tree_from_chosen(pool: Pool, root_tokens: torch.Tensor, chosen_mask: torch.Tensor) -> Tree:
+    """The verified trees: the root plus each request's chosen pool nodes, kept in pool
+    order (parents before children). chosen_mask [B, P] bool must be closed under taking
+    parents (checked)."""
     batch, pool_size = pool.scores.shape
     device = pool.scores.device
-    num_nodes = num_nodes.to(device)
+    num_nodes = chosen_mask.sum(dim=1) + 1
     max_nodes = int(num_nodes.max())
-    assert int(num_nodes.min()) >= 1 and max_nodes <= pool_size + 1, (num_nodes, pool_size)
-    order = torch.sort(pool.scores, dim=-1, descending=True, stable=True).indices
-    rank = torch.arange(pool_size, device=device).expand(batch, pool_size)
-    keep = rank < (num_nodes - 1).unsqueeze(-1)  # [B, P] over the sorted order
-    chosen_mask = torch.zeros(batch, pool_size, dtype=torch.bool, device=device).scatter(1, order, keep)
     # chosen pool indices in pool order, padded with pool_size (sorts last)
     padded = torch.where(chosen_mask, torch.arange(pool_size, device=device), pool_size)
     chosen = padded.sort(dim=-1).values[:, : max_nodes - 1]  # [B, N-1]
@@ -122,7 +165,18 @@ def select_tree(pool: Pool, root_tokens: torch.Tensor, num_nodes: torch.Tensor) 
         dim=1,
     )
     assert bool((parent_idx[:, 1:][valid] >= 0).all()), "selected tree is not connected"
-    return Tree(tokens, parent_idx, node_depths(parent_idx), num_nodes.long())
+    pool_idx = torch.cat([root_col, torch.where(valid, chosen, -1)], dim=1)
+    return Tree(tokens, parent_idx, node_depths(parent_idx), num_nodes.long(), pool_idx)
+
+
+def score_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """[B, P] int64: each pool node's rank by score within its request (0 = best; ties by
+    pool order), the order best_nodes takes nodes in.
+
+    Worked example: scores [-.5, -.1, -.9] -> ranks [1, 0, 2].
+    """
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    return order.argsort(dim=-1)
 
 
 def node_depths(parent_idx: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,6 @@ CPU worker.
 
 from __future__ import annotations
 
-import torch
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
 
 from echo_vllm.kernels.paged_kv import gather_kv, prefix_slots

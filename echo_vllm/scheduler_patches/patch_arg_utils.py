@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from echo_vllm.calibration_file import check_models, read_calibration
 from echo_vllm.config import METHOD, parse_echo_config, to_vllm_speculative_config
 from echo_vllm.draft_head import TargetShape, check_head_matches_target
 from echo_vllm.log import logger
@@ -106,6 +107,10 @@ def _wrap_create_speculative_config(original):
                 num_hidden_layers=target_model_config.get_total_num_hidden_layers(),
             ),
         )
+        if echo.calibration_file is not None:
+            calibration = read_calibration(echo.calibration_file)
+            check_models(calibration, echo.calibration_file, "target", target_model_config.model)
+            check_models(calibration, echo.calibration_file, "draft", echo.model)
         if not isinstance(self.additional_config, dict):
             raise ValueError("echo-vllm: method 'echo' needs additional_config to be a dict")
         select_echo_worker(target_parallel_config, current_platform.is_cpu())

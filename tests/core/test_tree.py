@@ -5,10 +5,13 @@ import math
 import torch
 
 from echo_vllm.core.tree import (
+    Frontier,
     ancestor_mask,
     expand_frontier,
     node_depths,
+    pool_depths,
     root_frontier,
+    score_ranks,
     select_tree,
     tree_positions,
 )
@@ -85,3 +88,29 @@ def test_depths_mask_and_positions_worked_example():
 def test_chain_is_a_tree():
     parents = torch.tensor([[-1, 0, 1, 2]])
     assert ancestor_mask(parents)[0].equal(torch.ones(4, 4, dtype=torch.bool).tril())
+
+
+def test_tree_keeps_pool_positions_and_ranks_follow_scores():
+    frontier, pool = root_frontier(*top(log(0.1, 0.6, 0.3).unsqueeze(0), 2))
+    child_logprobs = torch.stack([log(0.5, 0.1, 0.4), log(0.05, 0.9, 0.05)]).unsqueeze(0)
+    _, pool = expand_frontier(frontier, *top(child_logprobs, 2), pool)
+    tree = select_tree(pool, root_tokens=torch.tensor([7]), num_nodes=torch.tensor([5]))
+    assert tree.pool_idx.tolist() == [[-1, 0, 1, 2, 4]]
+    # pool probs [.6, .3, .30, .24, .27, .015]: .3 (pool 1) and .30 (pool 2) tie in exact
+    # arithmetic; log-space rounding decides, so only the clear ranks are checked
+    ranks = score_ranks(pool.scores)[0].tolist()
+    assert ranks[0] == 0 and ranks[4] == 3 and ranks[3] == 4 and ranks[5] == 5
+
+
+def test_stopped_rows_get_placeholders_that_are_never_selected():
+    frontier, pool = root_frontier(*top(torch.stack([log(0.1, 0.6, 0.3), log(0.7, 0.2, 0.1)]), 2))
+    rows = torch.tensor([1])  # request 0 stopped growing
+    child_logprobs = torch.stack([log(0.5, 0.1, 0.4), log(0.05, 0.9, 0.05)]).unsqueeze(0)
+    only_row_1 = Frontier(*(getattr(frontier, f)[1:] for f in ("tokens", "scores", "pool_idx", "parent_pos")))
+    _, pool = expand_frontier(only_row_1, *top(child_logprobs, 2), pool, rows=rows)
+    assert pool.scores.shape == (2, 6)
+    assert torch.isinf(pool.scores[0, 2:]).all() and torch.isfinite(pool.scores[1]).all()
+    assert pool_depths(2, 2).tolist() == [1, 1, 2, 2, 2, 2]
+    tree = select_tree(pool, torch.tensor([5, 6]), torch.tensor([6, 6]))
+    assert tree.num_nodes.tolist() == [3, 6]  # request 0 has only its 2 depth-1 nodes
+    assert tree.depths[0].tolist()[:3] == [0, 1, 1]

@@ -9,21 +9,13 @@ import pytest
 from vllm import LLM, SamplingParams
 from vllm.exceptions import VLLMValidationError
 
-from conftest import TINY_ENGINE, random_token_prompts, shutdown
+from conftest import TINY_ENGINE, random_token_prompts, shutdown, spec_counter, token_ids
 from oracle import install_oracle
 from tiny_models import TINY
 
 TREE = {"steps": 4, "topk": 4, "num_draft_tokens": 12}
 PROMPTS = random_token_prompts(24, TINY["vocab_size"], min_len=1, max_len=200, seed=5)
 GREEDY = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
-
-
-def token_ids(outputs):
-    return [list(o.outputs[0].token_ids) for o in outputs]
-
-
-def spec_counter(llm, name):
-    return sum(m.value for m in llm.get_metrics() if m.name == f"vllm:spec_decode_{name}")
 
 
 def echo_engine(target, head, **engine):

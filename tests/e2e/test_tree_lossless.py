@@ -9,7 +9,7 @@ batch sizes 1, 7 and 32.
 import pytest
 from vllm import LLM, SamplingParams
 
-from conftest import TINY_ENGINE, random_token_prompts, shutdown
+from conftest import TINY_ENGINE, plain_tokens, random_token_prompts, shutdown, spec_counter, token_ids
 from oracle import install_oracle
 from tiny_models import TINY
 
@@ -25,10 +25,6 @@ TREES = {
 }
 
 
-def token_ids(outputs):
-    return [list(o.outputs[0].token_ids) for o in outputs]
-
-
 def generate_in_batches(llm, prompts, batch_size):
     out = []
     for start in range(0, len(prompts), batch_size):
@@ -36,16 +32,9 @@ def generate_in_batches(llm, prompts, batch_size):
     return out
 
 
-def spec_counter(llm, name):
-    return sum(m.value for m in llm.get_metrics() if m.name == f"vllm:spec_decode_{name}")
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_target):
-    llm = LLM(model=tiny_target, **TINY_ENGINE)
-    out = token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False))
-    shutdown(llm)
-    return out
+    return plain_tokens(tiny_target, PROMPTS, GREEDY)
 
 
 @pytest.fixture(scope="module", params=list(TREES), ids=list(TREES))

@@ -1,0 +1,102 @@
+"""`echo-vllm calibrate`: find the Sweet Spot of a (target, draft) pair and write it down.
+
+Runs the target with echo's static tree (gating off) over a prompt set, greedy, in batches
+of the serving batch size; records per request-step the gate statistics by depth and how
+deep the target accepted (echo_vllm.runner); times the target pass (cost model) and the
+drafter at that batch size; then picks the judge depth, statistic and threshold with the
+best expected goodput (echo_vllm.core.calibration) and writes the calibration file the
+engine loads with `"calibration_file": PATH`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from echo_vllm.assets.models import context_length
+from echo_vllm.calibration_file import model_fingerprint, write_calibration
+from echo_vllm.core.budget import CostModel
+from echo_vllm.core.calibration import choose_gate, step_costs
+
+ENGINE = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.3)
+
+
+def calibration_prompts(source: str, count: int) -> list[list[dict]]:
+    """Chats to calibrate on: the draft-training pool (default: not a benchmark set) or a
+    named prompt set."""
+    from echo_vllm.assets.prompts import chat_messages, load_prompts
+    from echo_vllm.training.prompt_pool import training_prompts
+
+    if source == "training":
+        # seed 1: other prompts than a default training run's (seed 0)
+        return [[{"role": "user", "content": text}] for text in training_prompts(count, seed=1)]
+    return [chat_messages(p) for p in load_prompts(source, limit=count)]
+
+
+def _start_recording(wrapper) -> dict:
+    runner = wrapper.model_runner
+    runner.drafter.recording = True
+    runner.echo_calibration_records.clear()
+    return runner.measure_target_cost().to_dict()
+
+
+def _collect(wrapper) -> tuple[list, float]:
+    runner = wrapper.model_runner
+    return list(runner.echo_calibration_records), runner.drafter.draft_seconds
+
+
+def calibrate(target: str, draft: str, out: str, source: str = "training", num_prompts: int = 128,
+              batch_size: int = 16, max_tokens: int = 128, steps: int = 5, topk: int = 8,
+              num_draft_tokens: int = 32, remaining_num_draft_tokens: int | None = None) -> dict:
+    """Measure, choose, write `out`; returns the file's content."""
+    from vllm import LLM, SamplingParams
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tree = {"steps": steps, "topk": topk, "num_draft_tokens": num_draft_tokens}
+    chats = calibration_prompts(source, num_prompts)
+    llm = LLM(model=target, max_num_seqs=batch_size, max_model_len=context_length(target, 2048), **ENGINE,
+              speculative_config={"method": "echo", "model": draft, **tree})
+    (cost_points,) = llm.collective_rpc(_start_recording)
+    sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    for start in tqdm(range(0, len(chats), batch_size), desc="calibrate", unit="batch"):
+        llm.chat(chats[start:start + batch_size], sampling, use_tqdm=False)
+    ((records, draft_seconds),) = llm.collective_rpc(_collect)
+    if not records:
+        raise RuntimeError("echo-vllm: calibration recorded no verification steps; give more prompts or tokens")
+    statistics = torch.tensor([r[0] for r in records])  # [R, D-1, S]
+    path_ranks = torch.tensor([r[1] for r in records])  # [R, D]
+    costs = step_costs(CostModel(**cost_points), draft_seconds, batch_size, steps, num_draft_tokens)
+    statistic, best, tables = choose_gate(statistics, path_ranks, num_draft_tokens, remaining_num_draft_tokens, costs)
+    content = {
+        **tree,
+        "judge_depth": [best.depth], "threshold": [best.threshold], "gate_statistic": statistic,
+        "remaining_num_draft_tokens": best.remaining_num_draft_tokens,
+        "models": {"target": target, "draft": draft},
+        "fingerprints": {"target": model_fingerprint(target), "draft": model_fingerprint(draft)},
+        "measured_with": {"prompts": source, "num_prompts": len(chats), "batch_size": batch_size,
+                          "max_tokens": max_tokens, "records": len(records)},
+        "step_costs": asdict(costs), "cost_model": cost_points,
+        "table": {name: [asdict(row) for row in table] for name, table in tables.items()},
+    }
+    write_calibration(out, content)
+    print_table(content, out)
+    return content
+
+
+def print_table(content: dict, out: str) -> None:
+    print(f"\nSweet-Spot calibration, {content['measured_with']['records']} request-steps "
+          f"(tree steps {content['steps']} x topk {content['topk']}, {content['num_draft_tokens']} nodes; "
+          f"batch size {content['measured_with']['batch_size']})")
+    print("| statistic | depth | remaining | AUC | threshold | gated | E[committed] | goodput vs no gate |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, rows in content["table"].items():
+        for row in rows:
+            print(f"| {name} | {row['depth']} | {row['remaining_num_draft_tokens']} | {row['auc']:.3f} | {row['threshold']:.4f} | "
+                  f"{row['gated_fraction']:.0%} | {row['expected_committed']:.2f} | {row['goodput_gain']:.3f}x |")
+    print(f"\nchosen: {content['gate_statistic']} at depth {content['judge_depth'][0]}, threshold "
+          f"{content['threshold'][0]:.4f}, remaining_num_draft_tokens {content['remaining_num_draft_tokens']}")
+    print(f"written to {Path(out)}; use it with \"calibration_file\": \"{out}\"")

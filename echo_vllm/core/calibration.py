@@ -1,0 +1,142 @@
+"""The Sweet Spot: which judge depth and threshold the echo gate should use.
+
+Calibration runs with gating off and records, per request and step, the gate statistic at
+every depth d = 1 .. D-1 and the accepted path: for each depth j, the rank (by score, 0 =
+best) of the accepted node at depth j among the request's whole candidate pool, or NOT_ACCEPTED.
+Gating at depth d would have been right for a record iff it accepted at most d drafts.
+Per depth we report how well the statistic separates the two (ROC AUC) and pick the
+threshold with the best expected goodput under the step costs measured in the same run;
+the judge depth is the depth whose best threshold gives the best goodput.
+
+A gated record keeps its remaining_num_draft_tokens - 1 best nodes of depths <= d. It would
+have accepted the leading accepted-path nodes of depth <= d whose rank is below that count
+(ranks among the whole pool are at least the ranks among depths <= d: a slight
+underestimate of what the cut keeps).
+
+Shape key: R records, D draft depths (steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from echo_vllm.core.budget import CostModel
+from echo_vllm.core.gating import STATISTICS
+
+NOT_ACCEPTED = 1 << 30  # path rank at a depth the target accepted nothing
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """Seconds a request-step costs: once, per verified draft token, per drafted depth."""
+
+    base_s: float
+    per_verified_token_s: float
+    per_draft_depth_s: float
+
+
+@dataclass(frozen=True)
+class DepthChoice:
+    depth: int
+    remaining_num_draft_tokens: int  # nodes a request gated here keeps
+    auc: float  # how well the statistic predicts "no acceptance beyond this depth"
+    threshold: float
+    gated_fraction: float
+    expected_committed: float  # tokens per request-step, bonus included, gate applied
+    goodput_gain: float  # expected goodput with the gate / without it
+
+
+def roc_auc(scores: torch.Tensor, positives: torch.Tensor) -> float:
+    """Probability that a random positive scores above a random negative (ties count half).
+    0.5 when one class is empty (no separation measurable)."""
+    scores = scores.double()
+    num_pos, num_neg = int(positives.sum()), int((~positives).sum())
+    if num_pos == 0 or num_neg == 0:
+        return 0.5
+    values, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    average_rank = ends - (counts.double() - 1) / 2  # 1-based rank, ties averaged
+    ranks = average_rank[inverse]
+    return float((ranks[positives].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
+
+
+def accepted_lengths(path_ranks: torch.Tensor) -> torch.Tensor:
+    """[R] draft tokens accepted, from path_ranks [R, D]."""
+    return (path_ranks < NOT_ACCEPTED).sum(dim=1)
+
+
+def gate_outcome(statistic: torch.Tensor, path_ranks: torch.Tensor, depth: int, threshold: float,
+                 num_draft_tokens: int, remaining_num_draft_tokens: int, costs: StepCosts):
+    """Expected (committed tokens, seconds, gated fraction) per request-step with the gate
+    at `depth` and `threshold`. statistic [R] at that depth; path_ranks [R, D]."""
+    steps = path_ranks.shape[1]
+    gated = statistic < threshold
+    kept = path_ranks[:, :depth] < remaining_num_draft_tokens - 1
+    cut_accepted = kept.long().cumprod(dim=1).sum(dim=1)  # leading accepted nodes the cut keeps
+    committed = 1 + torch.where(gated, cut_accepted, accepted_lengths(path_ranks)).double()
+    verified = torch.where(gated, remaining_num_draft_tokens - 1, num_draft_tokens - 1).double()
+    depths = torch.where(gated, depth, steps).double()
+    seconds = costs.base_s + costs.per_verified_token_s * verified + costs.per_draft_depth_s * depths
+    return float(committed.mean()), float(seconds.mean()), float(gated.double().mean())
+
+
+def choose_threshold(statistic: torch.Tensor, path_ranks: torch.Tensor, depth: int,
+                     num_draft_tokens: int, remaining_num_draft_tokens: int, costs: StepCosts) -> DepthChoice:
+    """The threshold at `depth` with the best expected goodput; candidates are 0 (never
+    gate) and every recorded statistic value."""
+    settings = (depth, num_draft_tokens, remaining_num_draft_tokens, costs)
+    no_gate_committed, no_gate_seconds, _ = gate_outcome(statistic, path_ranks, depth, 0.0, *settings[1:])
+    best = (no_gate_committed / no_gate_seconds, 0.0, no_gate_committed, 0.0)
+    for threshold in torch.unique(statistic).tolist():
+        committed, seconds, gated_fraction = gate_outcome(statistic, path_ranks, depth, threshold, *settings[1:])
+        if committed / seconds > best[0]:
+            best = (committed / seconds, threshold, committed, gated_fraction)
+    goodput, threshold, committed, gated_fraction = best
+    # low confidence should mean "nothing accepted beyond this depth"
+    auc = roc_auc(-statistic, accepted_lengths(path_ranks) <= depth)
+    return DepthChoice(depth, remaining_num_draft_tokens, auc, threshold, gated_fraction, committed,
+                       goodput / (no_gate_committed / no_gate_seconds))
+
+
+def choose_sweet_spot(statistics: torch.Tensor, path_ranks: torch.Tensor, num_draft_tokens: int,
+                      remaining_num_draft_tokens: int | None, costs: StepCosts) -> tuple[DepthChoice, list[DepthChoice]]:
+    """The best judge depth (ties: the shallower) and every depth's table row.
+
+    statistics [R, D-1]: the gate statistic after depths 1 .. D-1; path_ranks [R, D].
+    remaining_num_draft_tokens None: a request gated at depth d keeps d + 1 nodes (its
+    best path down to d, in the best case).
+    """
+    table = [
+        choose_threshold(statistics[:, d - 1], path_ranks, d, num_draft_tokens,
+                         min(remaining_num_draft_tokens or d + 1, num_draft_tokens), costs)
+        for d in range(1, statistics.shape[1] + 1)
+    ]
+    return max(table, key=lambda row: (row.goodput_gain, -row.depth)), table
+
+
+def choose_gate(statistics: torch.Tensor, path_ranks: torch.Tensor, num_draft_tokens: int,
+                remaining_num_draft_tokens: int | None, costs: StepCosts):
+    """The gate statistic, judge depth and threshold with the best expected goodput.
+
+    statistics [R, D-1, S]: every statistic of STATISTICS after depths 1 .. D-1.
+    Returns (statistic name, its best DepthChoice, {statistic: table}).
+    """
+    choices = {
+        name: choose_sweet_spot(statistics[:, :, s], path_ranks, num_draft_tokens, remaining_num_draft_tokens, costs)
+        for s, name in enumerate(STATISTICS)
+    }
+    best = max(STATISTICS, key=lambda name: choices[name][0].goodput_gain)
+    return best, choices[best][0], {name: table for name, (_, table) in choices.items()}
+
+
+def step_costs(cost: CostModel, draft_seconds: float, batch_size: int, steps: int, num_draft_tokens: int) -> StepCosts:
+    """Per request-step costs at this batch size: its share of a pass over the roots, the
+    pass's marginal cost per verified draft token, the drafter's time per depth."""
+    roots, full = cost(torch.tensor([batch_size, batch_size * num_draft_tokens]))
+    return StepCosts(
+        base_s=float(roots) / batch_size,
+        per_verified_token_s=float(full - roots) / (batch_size * (num_draft_tokens - 1)),
+        per_draft_depth_s=draft_seconds / (steps * batch_size),
+    )

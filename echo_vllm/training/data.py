@@ -1,0 +1,158 @@
+"""Self-distillation data for a draft head: the target's own responses and hidden states.
+
+1. `generate_responses`: the target answers the training prompts (vLLM, batched, greedy:
+   the regime echo serves and is benchmarked in), appended chunk by chunk to a JSONL file so
+   that an interrupted run resumes where it stopped.
+2. `capture_features`: one transformers forward pass per batch over prompt + response, keeping
+   the hidden states of the layers the head taps (vLLM's aux layer id L = the input of layer
+   L = transformers' hidden_states[L]), stored in bfloat16 shards, also resumable.
+3. `draft_vocabulary`: the most frequent response tokens, with EAGLE-3's d2t / t2d maps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+
+def read_samples(path: Path) -> list[Sample]:
+    if not path.exists():
+        return []
+    samples = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            samples.append(Sample(row["prompt_ids"], row["response_ids"]))
+    return samples
+
+
+def generate_responses(
+    target: str, prompts: list[str], max_new_tokens: int, path: Path, chunk: int = 256
+) -> list[Sample]:
+    """Greedy responses of the target to `prompts` (chat template applied), saved to `path`.
+
+    Resumes: prompts already answered in `path` (a prefix of `prompts`) are not asked again.
+    """
+    done = read_samples(path)
+    todo = prompts[len(done):]
+    if not todo:
+        return done
+    from vllm import LLM, SamplingParams
+
+    from echo_vllm.assets.models import context_length
+
+    llm = LLM(model=target, dtype="float32", enforce_eager=True, max_model_len=context_length(target, 2048),
+              kv_cache_memory_bytes=4 << 30, max_num_seqs=256, max_num_batched_tokens=8192)
+    sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+    try:
+        with open(path, "a") as f, tqdm(total=len(prompts), initial=len(done), desc="generate", unit="prompt") as bar:
+            for start in range(0, len(todo), chunk):
+                batch = [[{"role": "user", "content": p}] for p in todo[start:start + chunk]]
+                for out in llm.chat(batch, sampling, use_tqdm=False):
+                    sample = Sample(list(out.prompt_token_ids), list(out.outputs[0].token_ids))
+                    f.write(json.dumps({"prompt_ids": sample.prompt_ids, "response_ids": sample.response_ids}) + "\n")
+                    done.append(sample)
+                f.flush()
+                bar.update(len(batch))
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+    return done
+
+
+def _shard_path(directory: Path, index: int) -> Path:
+    return directory / f"features_{index:05d}.safetensors"
+
+
+def capture_features(
+    target: str, samples: list[Sample], layer_ids: tuple[int, ...], directory: Path,
+    shard_size: int = 64, max_len: int = 1024,
+) -> list[Path]:
+    """Hidden states of `layer_ids` for every sample (truncated to max_len tokens), bf16.
+
+    Each shard holds `shard_size` samples: tokens [N] int64, features [N, len(layer_ids)*H]
+    bf16, offsets [n + 1] and prompt_lens [n]. Existing shards are kept (resume).
+    """
+    from transformers import AutoModelForCausalLM
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [_shard_path(directory, i) for i in range(-(-len(samples) // shard_size))]
+    missing = [i for i, p in enumerate(paths) if not p.exists()]
+    if not missing:
+        return paths
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).model.eval()
+    with torch.inference_mode():
+        for index in tqdm(missing, desc="capture hidden states", unit="shard"):
+            shard = samples[index * shard_size:(index + 1) * shard_size]
+            sequences = [(s.prompt_ids + s.response_ids)[:max_len] for s in shard]
+            features = [_hidden_states(model, seq, layer_ids) for seq in sequences]
+            lengths = torch.tensor([len(seq) for seq in sequences])
+            tmp = paths[index].with_suffix(".tmp")
+            save_file({
+                "tokens": torch.tensor([t for seq in sequences for t in seq], dtype=torch.int64),
+                "features": torch.cat(features).to(torch.bfloat16),
+                "offsets": torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
+                "prompt_lens": torch.tensor([min(len(s.prompt_ids), max_len) for s in shard]),
+            }, tmp)
+            os.replace(tmp, paths[index])
+    return paths
+
+
+def _hidden_states(model, sequence: list[int], layer_ids: tuple[int, ...]) -> torch.Tensor:
+    out = model(torch.tensor([sequence]), output_hidden_states=True)
+    return torch.cat([out.hidden_states[i][0] for i in layer_ids], dim=-1)  # [T, len(ids)*H]
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """All captured sequences, concatenated. n sequences, N tokens."""
+
+    tokens: torch.Tensor  # [N] int64
+    features: torch.Tensor  # [N, F] bf16
+    offsets: torch.Tensor  # [n + 1]
+    prompt_lens: torch.Tensor  # [n]
+
+    def __len__(self) -> int:
+        return len(self.prompt_lens)
+
+
+def load_sequences(paths: list[Path]) -> Sequences:
+    shards = [load_file(p) for p in paths]
+    offsets, total = [torch.zeros(1, dtype=torch.int64)], 0
+    for shard in shards:
+        offsets.append(shard["offsets"][1:] + total)
+        total += int(shard["offsets"][-1])
+    return Sequences(
+        tokens=torch.cat([s["tokens"] for s in shards]),
+        features=torch.cat([s["features"] for s in shards]),
+        offsets=torch.cat(offsets),
+        prompt_lens=torch.cat([s["prompt_lens"] for s in shards]),
+    )
+
+
+def draft_vocabulary(samples: list[Sample], vocab_size: int, draft_vocab_size: int):
+    """The draft_vocab_size most frequent response tokens, in increasing id order.
+
+    Returns (d2t [Vd] int64: target id - draft id, EAGLE-3's offsets; t2d [V] bool: which
+    target ids are in the draft vocabulary; coverage: share of response tokens covered).
+    """
+    counts = torch.zeros(vocab_size, dtype=torch.int64)
+    for sample in samples:
+        counts += torch.bincount(torch.tensor(sample.response_ids, dtype=torch.int64), minlength=vocab_size)
+    chosen = counts.topk(draft_vocab_size).indices.sort().values
+    t2d = torch.zeros(vocab_size, dtype=torch.bool)
+    t2d[chosen] = True
+    coverage = float(counts[chosen].sum()) / max(int(counts.sum()), 1)
+    return chosen - torch.arange(draft_vocab_size), t2d, coverage

@@ -1,0 +1,164 @@
+"""`echo-vllm train-draft`: prompts -> target responses -> hidden states -> trained head.
+
+Every stage keeps its results in a work directory (default
+$ECHO_VLLM_CACHE/training/<output name>) and skips what is already there, so an interrupted
+run started again with the same command resumes; other settings in the same work directory
+are refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from echo_vllm.assets.models import cache_dir
+from echo_vllm.draft_head import default_aux_layer_ids, head_config
+from echo_vllm.training.data import capture_features, draft_vocabulary, generate_responses, load_sequences
+from echo_vllm.training.head import Eagle3Head
+from echo_vllm.training.prompt_pool import training_prompts
+from echo_vllm.training.train import TrainConfig, train
+
+# bytes of features per token (three bf16 hidden states) times a generous tokens-per-prompt
+FEATURE_BYTES_PER_PROMPT = 3 * 2 * 1024
+
+
+def read_target(target: str) -> dict:
+    path = Path(target)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"echo-vllm: target directory {target!r} has no config.json (prepare it first, "
+                         "e.g. echo-vllm prepare-model smollm2-135m)")
+    if not any(path.glob("*.safetensors")):
+        raise ValueError(f"echo-vllm: target directory {target!r} has no *.safetensors weights")
+    return json.loads((path / "config.json").read_text())
+
+
+def target_embedding(target: str) -> torch.Tensor:
+    for file in sorted(Path(target).glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            if "model.embed_tokens.weight" in f.keys():
+                return f.get_tensor("model.embed_tokens.weight").float()
+    raise ValueError(f"echo-vllm: no model.embed_tokens.weight in {target!r}")
+
+
+def prepare_work_dir(work: Path, settings: dict, num_prompts: int, hidden_size: int) -> None:
+    """Refuse a work directory holding another run's data, and a disk too full for ours."""
+    work.mkdir(parents=True, exist_ok=True)
+    recorded = work / "settings.json"
+    if recorded.exists():
+        previous = json.loads(recorded.read_text())
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise ValueError(f"echo-vllm: work directory {work} holds data made with other settings "
+                             f"({', '.join(changed)}); resume with the same settings or pass another --work-dir")
+    recorded.write_text(json.dumps(settings, indent=2))
+    needed = num_prompts * FEATURE_BYTES_PER_PROMPT * hidden_size
+    free = shutil.disk_usage(work).free
+    if free < needed:
+        raise RuntimeError(f"echo-vllm: {work} has {free / 2**30:.1f} GiB free; hidden states need up to "
+                           f"{needed / 2**30:.1f} GiB: free space or pass another --work-dir")
+
+
+def train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, draft_vocab_size: int,
+                train_config: TrainConfig, work_dir: str | None = None) -> dict:
+    """Build the head for `target` into `out` (vLLM's eagle3 / echo load it). Returns the summary."""
+    started = time.time()
+    target_config = read_target(target)
+    layer_ids = default_aux_layer_ids(target_config["num_hidden_layers"])
+    work = Path(work_dir) if work_dir else cache_dir() / "training" / Path(out).resolve().name
+    # what the data depends on; training settings only name the checkpoint, so the same data
+    # can be trained on again with other settings
+    prompts = training_prompts(num_prompts, seed=train_config.seed)
+    data_settings = {"target": str(Path(target).resolve()), "num_prompts": num_prompts,
+                     "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+                     "max_new_tokens": max_new_tokens, "aux_layer_ids": list(layer_ids),
+                     "seed": train_config.seed}
+    prepare_work_dir(work, data_settings, num_prompts, target_config["hidden_size"])
+    train_settings = json.dumps({"draft_vocab_size": draft_vocab_size, **asdict(train_config)}, sort_keys=True)
+    checkpoint = work / f"checkpoint-{hashlib.sha256(train_settings.encode()).hexdigest()[:12]}.pt"
+
+    resumed = (work / "responses.jsonl").exists() or checkpoint.exists()
+    samples = generate_responses(target, prompts, max_new_tokens, work / "responses.jsonl")
+    shards = capture_features(target, samples, layer_ids, work / "features")
+    d2t, t2d, coverage = draft_vocabulary(samples, target_config["vocab_size"], draft_vocab_size)
+    t2d_index = torch.full((target_config["vocab_size"],), -100, dtype=torch.int64)
+    t2d_index[t2d] = torch.arange(draft_vocab_size)
+
+    config = head_config(target_config, draft_vocab_size, layer_ids)
+    torch.manual_seed(train_config.seed)
+    head = Eagle3Head(config, target_embedding(target))
+    data = load_sequences(shards)
+    summary = train(head, data, t2d_index, train_config, checkpoint)
+    summary.update({
+        "command": " ".join(["echo-vllm", *sys.argv[1:]]) if sys.argv[0].endswith("echo-vllm") else None,
+        "target": Path(target).name,
+        "prompts": len(samples),
+        "response_tokens": sum(len(s.response_ids) for s in samples),
+        "sequence_tokens": int(data.offsets[-1]),
+        "draft_vocab_size": draft_vocab_size,
+        "draft_vocab_coverage": round(coverage, 4),
+        "train_config": asdict(train_config),
+        "wall_time_s": round(time.time() - started),
+        "resumed_earlier_work": resumed,
+        "peak_rss_gib": round(_peak_rss_bytes() / 2**30, 2),
+    })
+    export_head(head, config, d2t, t2d, Path(out), summary)
+    return summary
+
+
+def export_head(head: Eagle3Head, config: dict, d2t: torch.Tensor, t2d: torch.Tensor, out: Path, summary: dict) -> None:
+    """The head in vLLM's EAGLE-3 checkpoint layout (bf16 weights) plus its training summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {name: value.detach().to(torch.bfloat16).contiguous() for name, value in head.state_dict().items()}
+    tensors["d2t"], tensors["t2d"] = d2t, t2d
+    save_file(tensors, out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    (out / "README.md").write_text(model_card(config, summary))
+
+
+def model_card(config: dict, summary: dict) -> str:
+    """The head's card, written from its training summary (nothing typed by hand)."""
+    final = summary["history"][-1]
+    depths = ", ".join(f"depth {d + 1}: {a:.3f}" for d, a in enumerate(final["val_top1_by_depth"]))
+    train = summary["train_config"]
+    return f"""# EAGLE-3 head for {summary['target']}
+
+Produced by `echo-vllm train-draft` (echo-vllm), written by it with this card:
+
+    {summary['command']}
+
+- Architecture: one Llama decoder layer (hidden {config['hidden_size']}, {config['num_attention_heads']} heads /
+  {config['num_key_value_heads']} KV heads), `fc` over the target's hidden states at layers
+  {config['eagle_config']['eagle_aux_hidden_state_layer_ids']}, draft vocabulary of {summary['draft_vocab_size']} tokens
+  (covering {summary['draft_vocab_coverage']:.1%} of the training responses' tokens), bf16 weights. Loads with vLLM's
+  `eagle3` method and with echo.
+- Data: {summary['prompts']} training prompts (reasoning-gym tasks, Python standard-library code prompts,
+  instruction templates; none from the benchmark sets), the target's greedy responses: {summary['response_tokens']}
+  response tokens, {summary['sequence_tokens']} tokens with the prompts; {summary['train_sequences']} sequences for
+  training, {summary['val_sequences']} held out.
+- Training: {train['epochs']} epochs, {summary['optimizer_steps']} optimizer steps, training-time test over
+  {train['ttt_steps']} steps, AdamW lr {train['lr']}, warm-up {train['warmup_fraction']:.0%} then cosine, gradient
+  clipping {train['grad_clip']}, {train['batch_tokens']} padded tokens per batch, seed {train['seed']}.
+- Validation top-1 accuracy by draft depth (the head fed its own hidden states): {depths};
+  validation loss {final['val_loss']}.
+- Wall time {summary['wall_time_s']} s for {"this run, which resumed earlier work" if summary['resumed_earlier_work']
+  else "the whole command (generation, hidden states, training)"} on a 2-core CPU; peak resident memory
+  {summary['peak_rss_gib']} GiB.
+"""
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident memory of this process and of its finished children (vLLM's engine)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) * 1024

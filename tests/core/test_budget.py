@@ -1,0 +1,109 @@
+"""The super-tree budget: go deep, then wide; caps; connectivity; the goodput budget."""
+
+import math
+
+import torch
+
+from echo_vllm.core.budget import (
+    CostModel,
+    allocate,
+    allocation_order,
+    goodput_budget,
+    most_confident_paths,
+)
+from echo_vllm.core.tree import pool_depths
+
+INF = math.inf
+# one pool layout, K=2, steps 2: depths [1, 1, 2, 2, 2, 2], parents of depth 2: 0, 0, 1, 1
+PARENTS = torch.tensor([[-1, -1, 0, 0, 1, 1]] * 2)
+DEPTHS = pool_depths(2, 2)
+
+
+def test_most_confident_path_worked_example():
+    scores = torch.tensor([[-0.1, -0.9, -0.5, -0.2, -2.0, -3.0]])
+    assert most_confident_paths(scores, PARENTS[:1], DEPTHS).nonzero()[:, 1].tolist() == [0, 3]
+
+
+def test_path_of_a_request_that_stopped_at_depth_one():
+    scores = torch.tensor([[-0.3, -0.1, -INF, -INF, -INF, -INF]])
+    assert most_confident_paths(scores, PARENTS[:1], DEPTHS).nonzero()[:, 1].tolist() == [1]
+
+
+def test_deep_before_wide_across_requests():
+    # request 0 is confident; request 1 is not. Its depth-1 sibling (-0.15) outscores
+    # request 1's path, but paths are bought first.
+    scores = torch.tensor([
+        [-0.05, -0.15, -0.1, -0.6, -1.0, -1.1],
+        [-1.0, -1.2, -1.5, -2.5, -3.0, -4.0],
+    ])
+    order = allocation_order(scores, PARENTS, DEPTHS, caps=torch.tensor([5, 5]))
+    chosen = allocate(order, 2, 6, budget=4)
+    assert chosen.nonzero().tolist() == [[0, 0], [0, 2], [1, 0], [1, 2]]
+    # one more token goes wide, to the best remaining node of the batch
+    chosen = allocate(order, 2, 6, budget=5)
+    assert chosen[0, 1] and int(chosen.sum()) == 5
+
+
+def test_caps_bound_each_request_and_freed_budget_reaches_others():
+    scores = torch.tensor([
+        [-0.05, -0.15, -0.1, -0.6, -1.0, -1.1],
+        [-1.0, -1.2, -1.5, -2.5, -3.0, -4.0],
+    ])
+    order = allocation_order(scores, PARENTS, DEPTHS, caps=torch.tensor([1, 5]))  # request 0 gated
+    chosen = allocate(order, 2, 6, budget=4)
+    assert chosen.sum(dim=1).tolist() == [1, 3]
+    assert chosen[0].nonzero().flatten().tolist() == [0]
+
+
+def test_every_budget_buys_a_connected_super_tree_deterministically():
+    g = torch.Generator().manual_seed(0)
+    batch, steps, topk = 6, 4, 3
+    depths = pool_depths(steps, topk)
+    pool = len(depths)
+    parents = torch.full((batch, pool), -1)
+    scores = torch.empty(batch, pool)
+    for p in range(pool):
+        if depths[p] > 1:
+            parents[:, p] = torch.randint(0, p, (batch,), generator=g)
+            # a real parent is one depth up
+            candidates = (depths == depths[p] - 1).nonzero().flatten()
+            parents[:, p] = candidates[torch.randint(0, len(candidates), (batch,), generator=g)]
+            scores[:, p] = scores.gather(1, parents[:, p : p + 1]).squeeze(1) - torch.rand(batch, generator=g)
+        else:
+            scores[:, p] = -torch.rand(batch, generator=g)
+    scores[2, depths > 2] = -INF  # a request gated after depth 2
+    caps = torch.tensor([5, 30, 3, 12, 1, 8])
+    order = allocation_order(scores, parents, depths, caps)
+    assert torch.equal(order, allocation_order(scores, parents, depths, caps))
+    for budget in range(0, len(order) + 1):
+        chosen = allocate(order, batch, pool, budget)
+        assert int(chosen.sum()) == budget
+        assert bool((chosen.sum(dim=1) <= caps).all())
+        has_parent = parents >= 0
+        parent_chosen = chosen.gather(1, parents.clamp(min=0))
+        assert bool((~chosen | ~has_parent | parent_chosen).all()), budget
+        assert not bool(chosen[2, depths > 2].any())
+
+
+def test_cost_model_interpolates_extrapolates_and_stays_monotone():
+    cost = CostModel([8, 16, 32, 16], [1.0, 1.1, 2.0, 1.3])  # 16 measured twice: median 1.3
+    assert torch.allclose(cost(torch.tensor([8, 16, 24, 48])), torch.tensor([1.0, 1.3, 1.65, 2.7], dtype=torch.float64))
+    assert abs(float(cost(torch.tensor(4))) - 0.85) < 1e-12  # first segment's slope
+    noisy = CostModel([8, 16, 32], [1.0, 0.9, 2.0])
+    assert noisy.seconds.tolist() == [1.0, 1.0, 2.0]
+
+
+def test_cost_model_moves_toward_observed_passes():
+    cost = CostModel([8, 32], [1.0, 2.0])
+    for _ in range(200):
+        cost.observe(32, 3.0)
+    assert abs(float(cost(torch.tensor(32))) - 3.0) < 0.01
+    assert float(cost(torch.tensor(8))) == 1.0
+
+
+def test_goodput_budget_worked_example_and_load():
+    cost = CostModel([2, 3, 4, 5], [1.0, 1.3, 1.6, 1.9])
+    assert goodput_budget(torch.tensor([0.9, 0.5, 0.1]), 2, cost, overhead_s=0.0) == 1
+    # a memory-bound pass (verification nearly free) buys every node
+    flat = CostModel([2, 64], [1.0, 1.01])
+    assert goodput_budget(torch.tensor([0.9, 0.5, 0.1]), 2, flat, overhead_s=0.0) == 3

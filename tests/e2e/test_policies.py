@@ -1,0 +1,87 @@
+"""Every tree policy (static, ddd, opt_tree, echo with a fixed and an automatic budget) keeps
+greedy output token-identical to decoding without speculation, at batch sizes 32 and 1,
+while really stopping requests early and spending the budget it is given.
+
+The oracle (tests/oracle.py) puts the target's continuation into the trees, so deep and
+wide acceptance happens; gates and budgets see the random head's own scores. The thresholds
+below sit near the medians of those scores for this tiny model and head (frontier_sum about
+.14 after depth 1 and .008 after depth 2; best_path about .0025 after depth 2; opt_tree's
+gain of depth 2 about .012), so some requests stop and others grow.
+"""
+
+import pytest
+from vllm import LLM, SamplingParams
+
+from conftest import TINY_ENGINE, plain_tokens, random_token_prompts, shutdown, token_ids
+from oracle import install_oracle
+from tiny_models import TINY
+
+PROMPTS = random_token_prompts(40, TINY["vocab_size"], min_len=1, max_len=200, seed=23)
+GREEDY = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+TREE = {"steps": 4, "topk": 4, "num_draft_tokens": 12}
+BUDGET = 100  # draft tokens per step for the whole batch: fewer than 32 requests x 11
+POLICIES = {
+    "ddd": {"policy": "ddd", "threshold": 0.008},
+    "opt_tree": {"policy": "opt_tree", "threshold": 0.012},
+    "echo-budget": {"judge_depth": [1, 2], "threshold": [0.14, 0.008], "remaining_num_draft_tokens": 3,
+                    "budget": BUDGET},
+    "echo-auto": {"judge_depth": 2, "threshold": 0.0025, "gate_statistic": "best_path"},
+    "echo-online": {"policy": "echo", "calibration_steps": 10},
+}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_target):
+    return plain_tokens(tiny_target, PROMPTS, GREEDY)
+
+
+def record_draft_totals(wrapper):
+    """Test instrumentation: the total drafts of every step, on the drafter."""
+    drafter = wrapper.model_runner.drafter
+    original = type(drafter).propose
+    drafter.draft_totals = []
+
+    def propose(self, *args, **kwargs):
+        drafts = original(self, *args, **kwargs)
+        self.draft_totals.append(sum(len(d) for d in drafts))
+        return drafts
+
+    drafter.propose = propose.__get__(drafter)
+
+
+@pytest.fixture(scope="module", params=list(POLICIES), ids=list(POLICIES))
+def policy_llm(request, tiny_target, tiny_head, reference):
+    llm = LLM(model=tiny_target, disable_log_stats=False, **TINY_ENGINE, speculative_config={
+        "method": "echo", "model": tiny_head, **TREE, **POLICIES[request.param]})
+    install_oracle(llm, {tuple(p["prompt_token_ids"]): r for p, r in zip(PROMPTS, reference)})
+    llm.collective_rpc(record_draft_totals)
+    yield request.param, llm
+    shutdown(llm)
+
+
+def drafter_state(llm):
+    (state,) = llm.collective_rpc(lambda wrapper: (
+        wrapper.model_runner.drafter.num_gate_checks, wrapper.model_runner.drafter.num_gate_stops,
+        wrapper.model_runner.drafter.draft_totals, wrapper.model_runner.drafter.cost_model is not None,
+        wrapper.model_runner.drafter.last_budget, wrapper.model_runner.drafter.online_calibration_steps is not None,
+        wrapper.model_runner.drafter.growth_policy.check_depths))
+    return state
+
+
+@pytest.mark.parametrize("batch_size", [32, 1])
+def test_policy_is_lossless_and_really_acts(policy_llm, reference, batch_size):
+    name, llm = policy_llm
+    prompts = PROMPTS if batch_size == 32 else PROMPTS[:8]
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        out += token_ids(llm.generate(prompts[start:start + batch_size], GREEDY, use_tqdm=False))
+    assert out == reference[: len(prompts)]
+    checks, stops, totals, has_cost_model, last_budget, calibrating, gate = drafter_state(llm)
+    if name == "echo-online":
+        assert not calibrating and len(gate) == 1, gate  # the gate was calibrated and switched on
+    else:
+        assert 0 < stops < checks, (name, stops, checks)  # some requests stopped, not all
+    if name == "echo-budget":
+        assert max(totals) <= BUDGET and max(totals) == BUDGET, max(totals)
+    if name in ("echo-auto", "echo-online"):
+        assert has_cost_model and isinstance(last_budget, int)
