@@ -3,7 +3,9 @@
 SmolLM2-135M (float32, CPU) with the trained EAGLE-3 head; MT-Bench prompts, greedy, 128
 output tokens per request (ignore_eos, so every request of a batch runs to the end). For
 each batch size B, one run submits B prompts at once (B = 1: four prompts one after the
-other); the engines take turns run by run, and each figure is the median of the runs.
+other). Each speculative engine lives beside a plain one (memory allows two SmolLM2 engines
+with room, not eight) and they take turns run by run; each figure is the median of the
+runs, and each ratio compares runs interleaved with each other.
 
   tokens/s      output tokens / wall time of a run
   x plain       tokens/s over no speculation's, medians of the same interleaved runs
@@ -31,17 +33,17 @@ TREE = {"steps": 5, "topk": 8, "num_draft_tokens": 32}  # SGLang's EAGLE-3 tree,
 
 
 def methods(head: str, calibration: str | None, eagle3_ks: list[int], ddd_threshold: float,
-            opt_tree_gain: float) -> dict[str, dict | None]:
-    """Speculative config of each compared method (None: no speculation)."""
-    out: dict[str, dict | None] = {"plain": None}
+            opt_tree_gain: float) -> dict[str, dict]:
+    """Speculative config of each method compared with no speculation."""
+    out: dict[str, dict] = {}
     for k in eagle3_ks:
         out[f"eagle3 K={k}"] = {"method": "eagle3", "model": head, "num_speculative_tokens": k}
     echo = {"method": "echo", "model": head}
     out["static"] = {**echo, **TREE}
     out["ddd"] = {**echo, **TREE, "policy": "ddd", "threshold": ddd_threshold}
     out["opt_tree"] = {**echo, **TREE, "policy": "opt_tree", "threshold": opt_tree_gain}
-    if calibration:
-        out["echo"] = {**echo, "calibration_file": calibration}
+    # echo: the gate from a calibration file, else calibrated online over its first steps
+    out["echo"] = {**echo, "calibration_file": calibration} if calibration else {**echo, **TREE, "policy": "echo"}
     return out
 
 
@@ -75,7 +77,8 @@ def summarize(counts: list[dict[str, float]]) -> tuple[float | None, float | Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--head", required=True)
-    parser.add_argument("--calibration", help="echo's calibration file (echo-vllm calibrate); without it echo is skipped")
+    parser.add_argument("--calibration", help="echo's calibration file (echo-vllm calibrate); without it echo "
+                        "calibrates online")
     parser.add_argument("--batch-sizes", default="1,4,16,32,64")
     parser.add_argument("--eagle3-k", default="1,2,3", help="vLLM eagle3 chain lengths to try (best reported)")
     parser.add_argument("--ddd-threshold", type=float, default=0.5)
@@ -93,32 +96,34 @@ def main() -> None:
                   kv_cache_memory_bytes=1 << 30, max_num_seqs=max(batch_sizes))
     configs = methods(args.head, args.calibration, [int(k) for k in args.eagle3_k.split(",")],
                       args.ddd_threshold, args.opt_tree_gain)
-    engines = {name: LLM(model=target, **engine, **({"speculative_config": c} if c else {}))
-               for name, c in configs.items()}
     sampling = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
     prompts = [chat_messages(p) for p in load_prompts("mt_bench")]
+    batches = {b: prompts[:4] if b == 1 else (prompts * 2)[:b] for b in batch_sizes}
 
-    results = {}
-    for batch_size in batch_sizes:
-        chats = prompts[:4] if batch_size == 1 else (prompts * 2)[:batch_size]
-        rates = {name: [] for name in engines}
-        counts = {name: [] for name in engines}
-        for llm in engines.values():  # warm-up run at this batch size
-            run(llm, chats[: min(len(chats), 4)], batch_size, sampling)
-        for _ in range(args.repetitions):
-            for name, llm in engines.items():
+    plain = LLM(model=target, **engine)
+    results = {b: {} for b in batch_sizes}
+    for name, config in configs.items():
+        llm = LLM(model=target, **engine, speculative_config=config)
+        for batch_size, chats in batches.items():
+            for runner in (plain, llm):  # warm-up at this batch size
+                run(runner, chats[:4], batch_size, sampling)
+            rates, plain_rates, counts = [], [], []
+            for _ in range(args.repetitions):
+                plain_rates.append(run(plain, chats, batch_size, sampling)[0])
                 rate, count = run(llm, chats, batch_size, sampling)
-                rates[name].append(rate)
-                counts[name].append(count)
-        plain = statistics.median(rates["plain"])
-        results[batch_size] = {}
-        for name in engines:
-            mat, utilization = summarize(counts[name])
+                rates.append(rate)
+                counts.append(count)
+            mat, utilization = summarize(counts)
             results[batch_size][name] = {
-                "tokens_per_s": statistics.median(rates[name]), "runs": rates[name],
-                "x_plain": statistics.median(rates[name]) / plain, "mat": mat, "utilization": utilization,
+                "tokens_per_s": statistics.median(rates), "runs": rates,
+                "plain_tokens_per_s": statistics.median(plain_rates), "plain_runs": plain_rates,
+                "x_plain": statistics.median(rates) / statistics.median(plain_rates),
+                "mat": mat, "utilization": utilization,
             }
-        print(json.dumps({batch_size: {n: round(r["x_plain"], 3) for n, r in results[batch_size].items()}}), flush=True)
+            print(json.dumps({"bs": batch_size, "method": name, "x_plain": round(results[batch_size][name]["x_plain"], 3),
+                              "mat": mat}), flush=True)
+        llm.llm_engine.engine_core.shutdown()
+        del llm
     report(results, args)
 
 
@@ -128,13 +133,14 @@ def report(results: dict, args) -> None:
         json.dump({"args": vars(args), "results": results, "date": time.strftime("%Y-%m-%d %H:%M")}, f, indent=2)
     print(f"\nSmolLM2-135M float32 CPU, head {args.head}; MT-Bench, greedy, {args.max_tokens} tokens; "
           f"median of {args.repetitions} interleaved runs\n")
-    print("| bs | method | tokens/s | x plain | MAT | utilization |")
-    print("|---|---|---|---|---|---|")
+    print("| bs | method | tokens/s | plain tokens/s (same turns) | x plain | MAT | utilization |")
+    print("|---|---|---|---|---|---|---|")
     for batch_size, by_method in results.items():
         for name, r in by_method.items():
             mat = "-" if r["mat"] is None else f"{r['mat']:.2f}"
             util = "-" if r["utilization"] is None else f"{r['utilization']:.2f}"
-            print(f"| {batch_size} | {name} | {r['tokens_per_s']:.1f} | {r['x_plain']:.2f} | {mat} | {util} |")
+            print(f"| {batch_size} | {name} | {r['tokens_per_s']:.1f} | {r['plain_tokens_per_s']:.1f} | "
+                  f"{r['x_plain']:.2f} | {mat} | {util} |")
     print(f"\nraw measurements: {args.out}")
 
 

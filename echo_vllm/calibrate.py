@@ -21,6 +21,7 @@ from echo_vllm.assets.models import context_length
 from echo_vllm.calibration_file import model_fingerprint, write_calibration
 from echo_vllm.core.budget import CostModel
 from echo_vllm.core.calibration import choose_gate, step_costs
+from echo_vllm.core.gating import STATISTICS
 
 ENGINE = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.3)
 
@@ -51,8 +52,10 @@ def _collect(wrapper) -> tuple[list, float]:
 
 def calibrate(target: str, draft: str, out: str, source: str = "training", num_prompts: int = 128,
               batch_size: int = 16, max_tokens: int = 128, steps: int = 5, topk: int = 8,
-              num_draft_tokens: int = 32, remaining_num_draft_tokens: int | None = None) -> dict:
-    """Measure, choose, write `out`; returns the file's content."""
+              num_draft_tokens: int = 32, remaining_num_draft_tokens: int | None = None,
+              records_out: str | None = None) -> dict:
+    """Measure, choose, write `out` (and the raw records to `records_out`, torch.save, for
+    offline studies); returns the file's content."""
     from vllm import LLM, SamplingParams
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -70,6 +73,10 @@ def calibrate(target: str, draft: str, out: str, source: str = "training", num_p
     statistics = torch.tensor([r[0] for r in records])  # [R, D-1, S]
     path_ranks = torch.tensor([r[1] for r in records])  # [R, D]
     costs = step_costs(CostModel(**cost_points), draft_seconds, batch_size, steps, num_draft_tokens)
+    if records_out:
+        torch.save({"statistics": statistics, "path_ranks": path_ranks, "statistic_names": list(STATISTICS),
+                    "contexts": torch.tensor([r[2] for r in records]), "context_names": ["acceptance_ema", "prefix_len"],
+                    "step_costs": asdict(costs), "num_draft_tokens": num_draft_tokens}, records_out)
     statistic, best, tables = choose_gate(statistics, path_ranks, num_draft_tokens, remaining_num_draft_tokens, costs)
     content = {
         **tree,

@@ -32,7 +32,7 @@ def _calibrate(args: argparse.Namespace) -> None:
 
     calibrate(_target_dir(args.target), args.draft, args.out, args.prompts, args.num_prompts,
               args.batch_size, args.max_tokens, args.steps, args.topk, args.num_draft_tokens,
-              args.remaining_num_draft_tokens)
+              args.remaining_num_draft_tokens, args.records)
 
 
 def _target_dir(target: str) -> str:
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--num-draft-tokens", type=_positive, default=32)
     calibrate.add_argument("--remaining-num-draft-tokens", type=_positive,
                            help="verified nodes a gated request keeps (default: judge depth + 1)")
+    calibrate.add_argument("--records", help="also save the raw records here (torch.save), for offline studies")
     calibrate.set_defaults(run=_calibrate)
     return parser
 

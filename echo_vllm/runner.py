@@ -89,8 +89,11 @@ class EchoRunnerMixin:
         self._echo_target_kv_caches: list[torch.Tensor] | None = None
         self._echo_kv_layout = kv_layout_of(device)
         # Sweet-Spot calibration records: (gate statistics by depth, accepted path's score
-        # ranks by depth), one per request-step whose whole drafted tree was verified
-        self.echo_calibration_records: list[tuple[list[list[float]], list[int]]] = []
+        # ranks by depth, context), one per request-step whose whole drafted tree was
+        # verified; context = [the request's running accepted length before the step (-1
+        # on its first), its prefix length], for context-aware thresholds
+        self.echo_calibration_records: list[tuple[list[list[float]], list[int], list[float]]] = []
+        self._echo_acceptance_ema: dict[str, float] = {}  # while recording
         self._echo_online_batch_sizes: list[int] = []  # per step, while calibrating online
         # (start time, tokens) of the target pass in flight, timed for the auto budget
         self._echo_pass_start: tuple[float, int] | None = None
@@ -100,6 +103,7 @@ class EchoRunnerMixin:
     def _update_states(self, scheduler_output):
         for req_id in scheduler_output.finished_req_ids:
             self._echo_trees.pop(req_id, None)
+            self._echo_acceptance_ema.pop(req_id, None)
         return super()._update_states(scheduler_output)
 
     def _tree_parents(self, req_id: str, drafts: list[int]) -> list[int]:
@@ -262,12 +266,17 @@ class EchoRunnerMixin:
             return
         steps = self.echo_config.steps
         for i, row in enumerate(step.rows):
-            pending = self._echo_trees.get(self.input_batch.req_ids[row])
+            req_id = self.input_batch.req_ids[row]
+            accepted = len(verdicts[row].accepted_nodes)
+            before = self._echo_acceptance_ema.get(req_id)
+            self._echo_acceptance_ema[req_id] = accepted if before is None else 0.5 * before + 0.5 * accepted
+            pending = self._echo_trees.get(req_id)
             if pending is None or pending.calibration is None or len(pending.drafts) + 1 != int(step.num_nodes[i]):
                 continue  # the scheduler cut this tree: not the tree the statistics describe
             statistics, node_ranks = pending.calibration
             path = [node_ranks[node] for node in verdicts[row].accepted_nodes]
-            self.echo_calibration_records.append((statistics, path + [NOT_ACCEPTED] * (steps - len(path))))
+            context = [-1.0 if before is None else before, float(step.prefix_lens[i])]
+            self.echo_calibration_records.append((statistics, path + [NOT_ACCEPTED] * (steps - len(path)), context))
 
     def _calibrate_online(self, batch_size: int) -> None:
         """Echo without a gate: after its first calibration_steps verification steps, choose

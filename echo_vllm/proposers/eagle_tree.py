@@ -14,6 +14,7 @@ Shape key: B requests, K topk, Hd draft hidden size, H/Hkv heads, Dh head size, 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, fields
 
 import torch
@@ -48,6 +49,10 @@ from echo_vllm.kernels.paged_kv import CPU_PACKED, HEAD_MAJOR, KvLayout, check_i
 from echo_vllm.kernels.tree_attention import tree_attention
 
 
+# steps whose deepest bought node sets the depth drafted next (elastic depth)
+ELASTIC_DEPTH_WINDOW = 8
+
+
 def kv_layout_of(device: torch.device) -> KvLayout:
     """How the attention backend echo extends on this device lays out its KV cache."""
     return CPU_PACKED if torch.device(device).type == "cpu" else HEAD_MAJOR
@@ -66,6 +71,10 @@ class EchoProposer(EagleProposer):
         self.cost_model: CostModel | None = None
         self.draft_seconds = 0.0
         self.last_budget: int | None = None
+        # Elastic depth (echo with a budget): draft one depth beyond the deepest node the
+        # budget bought in recent steps, so a tight budget also stops paying for drafts
+        # it never verifies, and an ample one lets trees grow back to `steps`.
+        self.recent_bought_depths: deque[int] = deque(maxlen=ELASTIC_DEPTH_WINDOW)
         # gate decisions so far (host-side counts, read by logs and tests)
         self.num_gate_checks = 0
         self.num_gate_stops = 0
@@ -186,7 +195,7 @@ class EchoProposer(EagleProposer):
             prefix=self._draft_prefix(cad, first_positions.long()) if steps > 1 else (None, None),
         )
         statistics = []  # per depth [B, S], when recording (the policy is static then)
-        for depth in range(1, steps):
+        for depth in range(1, self._depths_to_draft()):
             if self.recording:
                 statistics.append(torch.stack([gate_statistic(growing.frontier.scores, s) for s in STATISTICS], -1))
             if depth in policy.check_depths:
@@ -203,6 +212,8 @@ class EchoProposer(EagleProposer):
                     break
             growing, pool = self._grow(growing, pool, depth)
         tree = self._select(pool, root_tokens.long(), caps, depth_of[: pool.scores.shape[1]])
+        if self._elastic_depth():
+            self.recent_bought_depths.append(int(tree.depths.max()))
         if self.recording:
             ranks = score_ranks(pool.scores).gather(1, tree.pool_idx.clamp(min=0))
             self.drafted_calibration = (
@@ -210,6 +221,16 @@ class EchoProposer(EagleProposer):
                 torch.where(tree.pool_idx >= 0, ranks, -1).cpu(),
             )
         return tree
+
+    def _elastic_depth(self) -> bool:
+        return self.growth_policy.name == "echo" and self.echo_config.budget is not None and not self.recording
+
+    def _depths_to_draft(self) -> int:
+        """`steps`, or with elastic depth one beyond the deepest node bought lately."""
+        steps = self.echo_config.steps
+        if not self._elastic_depth() or not self.recent_bought_depths:
+            return steps
+        return min(steps, max(self.recent_bought_depths) + 1)
 
     def _grow(self, growing: "_Growing", pool, depth: int):
         """Draft depth + 1 for the growing requests: each frontier node proposes topk children."""

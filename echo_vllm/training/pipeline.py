@@ -87,8 +87,12 @@ def train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, dr
     checkpoint = work / f"checkpoint-{hashlib.sha256(train_settings.encode()).hexdigest()[:12]}.pt"
 
     resumed = (work / "responses.jsonl").exists() or checkpoint.exists()
+    phase_started = time.time()
     samples = generate_responses(target, prompts, max_new_tokens, work / "responses.jsonl")
+    phase_seconds = {"generate": round(time.time() - phase_started)}
+    phase_started = time.time()
     shards = capture_features(target, samples, layer_ids, work / "features")
+    phase_seconds["capture"] = round(time.time() - phase_started)
     d2t, t2d, coverage = draft_vocabulary(samples, target_config["vocab_size"], draft_vocab_size)
     t2d_index = torch.full((target_config["vocab_size"],), -100, dtype=torch.int64)
     t2d_index[t2d] = torch.arange(draft_vocab_size)
@@ -97,7 +101,9 @@ def train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, dr
     torch.manual_seed(train_config.seed)
     head = Eagle3Head(config, target_embedding(target))
     data = load_sequences(shards)
+    phase_started = time.time()
     summary = train(head, data, t2d_index, train_config, checkpoint)
+    phase_seconds["train"] = round(time.time() - phase_started)
     summary.update({
         "command": " ".join(["echo-vllm", *sys.argv[1:]]) if sys.argv[0].endswith("echo-vllm") else None,
         "target": Path(target).name,
@@ -108,6 +114,7 @@ def train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, dr
         "draft_vocab_coverage": round(coverage, 4),
         "train_config": asdict(train_config),
         "wall_time_s": round(time.time() - started),
+        "phase_seconds": phase_seconds,
         "resumed_earlier_work": resumed,
         "peak_rss_gib": round(_peak_rss_bytes() / 2**30, 2),
     })
@@ -131,6 +138,7 @@ def model_card(config: dict, summary: dict) -> str:
     final = summary["history"][-1]
     depths = ", ".join(f"depth {d + 1}: {a:.3f}" for d, a in enumerate(final["val_top1_by_depth"]))
     train = summary["train_config"]
+    phases = summary["phase_seconds"]
     return f"""# EAGLE-3 head for {summary['target']}
 
 Produced by `echo-vllm train-draft` (echo-vllm), written by it with this card:
@@ -152,8 +160,8 @@ Produced by `echo-vllm train-draft` (echo-vllm), written by it with this card:
 - Validation top-1 accuracy by draft depth (the head fed its own hidden states): {depths};
   validation loss {final['val_loss']}.
 - Wall time {summary['wall_time_s']} s for {"this run, which resumed earlier work" if summary['resumed_earlier_work']
-  else "the whole command (generation, hidden states, training)"} on a 2-core CPU; peak resident memory
-  {summary['peak_rss_gib']} GiB.
+  else "the whole command"} on a 2-core CPU (generation {phases['generate']} s, hidden states
+  {phases['capture']} s, training {phases['train']} s); peak resident memory {summary['peak_rss_gib']} GiB.
 """
 
 

@@ -34,6 +34,8 @@ def test_data_pipeline_and_loss_decrease(trained):
     history = summary["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert json.loads((out / "training.json").read_text())["history"] == history
+    assert set(summary["phase_seconds"]) == {"generate", "capture", "train"}
+    assert "generation " in (out / "README.md").read_text()  # the card gives the phase times
 
 
 def test_output_loads_in_vllm_eagle3(trained, tiny_chat):
