@@ -67,37 +67,61 @@ def accepted_lengths(path_ranks: torch.Tensor) -> torch.Tensor:
     return (path_ranks < NOT_ACCEPTED).sum(dim=1)
 
 
-def gate_outcome(statistic: torch.Tensor, path_ranks: torch.Tensor, depth: int, threshold: float,
-                 num_draft_tokens: int, remaining_num_draft_tokens: int, costs: StepCosts):
-    """Expected (committed tokens, seconds, gated fraction) per request-step with the gate
-    at `depth` and `threshold`. statistic [R] at that depth; path_ranks [R, D]."""
+def record_outcomes(path_ranks: torch.Tensor, depth: int, num_draft_tokens: int,
+                    remaining_num_draft_tokens: int, costs: StepCosts):
+    """Per record, (committed tokens, seconds) if gated at `depth` and if not: 4 tensors [R]."""
     steps = path_ranks.shape[1]
-    gated = statistic < threshold
     kept = path_ranks[:, :depth] < remaining_num_draft_tokens - 1
     cut_accepted = kept.long().cumprod(dim=1).sum(dim=1)  # leading accepted nodes the cut keeps
-    committed = 1 + torch.where(gated, cut_accepted, accepted_lengths(path_ranks)).double()
-    verified = torch.where(gated, remaining_num_draft_tokens - 1, num_draft_tokens - 1).double()
-    depths = torch.where(gated, depth, steps).double()
-    seconds = costs.base_s + costs.per_verified_token_s * verified + costs.per_draft_depth_s * depths
+    gated_committed = 1 + cut_accepted.double()
+    full_committed = 1 + accepted_lengths(path_ranks).double()
+    gated_seconds = torch.full_like(gated_committed, costs.base_s + costs.per_verified_token_s
+                                    * (remaining_num_draft_tokens - 1) + costs.per_draft_depth_s * depth)
+    full_seconds = torch.full_like(full_committed, costs.base_s + costs.per_verified_token_s
+                                   * (num_draft_tokens - 1) + costs.per_draft_depth_s * steps)
+    return gated_committed, gated_seconds, full_committed, full_seconds
+
+
+def gate_outcome(statistic: torch.Tensor, path_ranks: torch.Tensor, depth: int, threshold,
+                 num_draft_tokens: int, remaining_num_draft_tokens: int, costs: StepCosts):
+    """Expected (committed tokens, seconds, gated fraction) per request-step with the gate
+    at `depth` and `threshold` (a number, or one per record). statistic [R] at that depth;
+    path_ranks [R, D]."""
+    gated = statistic < threshold
+    gated_committed, gated_seconds, full_committed, full_seconds = record_outcomes(
+        path_ranks, depth, num_draft_tokens, remaining_num_draft_tokens, costs)
+    committed = torch.where(gated, gated_committed, full_committed)
+    seconds = torch.where(gated, gated_seconds, full_seconds)
     return float(committed.mean()), float(seconds.mean()), float(gated.double().mean())
 
 
 def choose_threshold(statistic: torch.Tensor, path_ranks: torch.Tensor, depth: int,
                      num_draft_tokens: int, remaining_num_draft_tokens: int, costs: StepCosts) -> DepthChoice:
     """The threshold at `depth` with the best expected goodput; candidates are 0 (never
-    gate) and every recorded statistic value."""
-    settings = (depth, num_draft_tokens, remaining_num_draft_tokens, costs)
-    no_gate_committed, no_gate_seconds, _ = gate_outcome(statistic, path_ranks, depth, 0.0, *settings[1:])
-    best = (no_gate_committed / no_gate_seconds, 0.0, no_gate_committed, 0.0)
-    for threshold in torch.unique(statistic).tolist():
-        committed, seconds, gated_fraction = gate_outcome(statistic, path_ranks, depth, threshold, *settings[1:])
-        if committed / seconds > best[0]:
-            best = (committed / seconds, threshold, committed, gated_fraction)
-    goodput, threshold, committed, gated_fraction = best
+    gate) and every recorded statistic value (ties: the lowest).
+
+    All candidates at once, in O(R log R) (online calibration runs inside serving): with
+    the records sorted by statistic, threshold v gates the records below it, a prefix.
+    """
+    gated_committed, gated_seconds, full_committed, full_seconds = record_outcomes(
+        path_ranks, depth, num_draft_tokens, remaining_num_draft_tokens, costs)
+    order = statistic.argsort()
+    candidates = torch.cat([torch.zeros(1, dtype=statistic.dtype), torch.unique(statistic)])
+    num_gated = torch.searchsorted(statistic[order].contiguous(), candidates)  # records below each candidate
+
+    def with_prefix_gated(gated, full):
+        gated_sum = torch.cat([torch.zeros(1, dtype=torch.float64), gated[order].cumsum(0)])
+        full_sum = torch.cat([torch.zeros(1, dtype=torch.float64), full[order].cumsum(0)])
+        return (gated_sum[num_gated] + full_sum[-1] - full_sum[num_gated]) / len(statistic)
+
+    committed = with_prefix_gated(gated_committed, full_committed)
+    goodput = committed / with_prefix_gated(gated_seconds, full_seconds)
+    best = int(goodput.argmax())
     # low confidence should mean "nothing accepted beyond this depth"
     auc = roc_auc(-statistic, accepted_lengths(path_ranks) <= depth)
-    return DepthChoice(depth, remaining_num_draft_tokens, auc, threshold, gated_fraction, committed,
-                       goodput / (no_gate_committed / no_gate_seconds))
+    return DepthChoice(depth, remaining_num_draft_tokens, auc, float(candidates[best]),
+                       int(num_gated[best]) / len(statistic), float(committed[best]),
+                       float(goodput[best] / goodput[0]))
 
 
 def choose_sweet_spot(statistics: torch.Tensor, path_ranks: torch.Tensor, num_draft_tokens: int,
