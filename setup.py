@@ -10,6 +10,7 @@ setup(
         "torch",
         "safetensors",
         "tqdm",
+        "psutil",  # train-draft: peak memory of the whole process tree
         # prepare-model: GGUF -> safetensors conversion through transformers
         "gguf>=0.10",
         "accelerate",

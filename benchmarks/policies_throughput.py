@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--eagle3-k", default="1,2,3", help="vLLM eagle3 chain lengths to try (best reported)")
     parser.add_argument("--ddd-threshold", type=float, default=0.5)
     parser.add_argument("--opt-tree-gain", type=float, default=0.1)
+    parser.add_argument("--methods", help="comma-separated subset of the methods to run (default: all); "
+                        "results already in --out for other methods are kept, so a long study can run in parts")
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--out", default="bench-out/policies_throughput.json")
@@ -96,12 +98,18 @@ def main() -> None:
                   kv_cache_memory_bytes=1 << 30, max_num_seqs=max(batch_sizes))
     configs = methods(args.head, args.calibration, [int(k) for k in args.eagle3_k.split(",")],
                       args.ddd_threshold, args.opt_tree_gain)
+    if args.methods:
+        chosen = args.methods.split(",")
+        unknown = [m for m in chosen if m not in configs]
+        if unknown:
+            parser.error(f"unknown method(s) {unknown}; known: {list(configs)}")
+        configs = {name: configs[name] for name in chosen}
     sampling = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
     prompts = [chat_messages(p) for p in load_prompts("mt_bench")]
     batches = {b: prompts[:4] if b == 1 else (prompts * 2)[:b] for b in batch_sizes}
 
     plain = LLM(model=target, **engine)
-    results = {b: {} for b in batch_sizes}
+    results = previous_results(args.out, batch_sizes)
     for name, config in configs.items():
         llm = LLM(model=target, **engine, speculative_config=config)
         for batch_size, chats in batches.items():
@@ -124,13 +132,27 @@ def main() -> None:
                               "mat": mat}), flush=True)
         llm.llm_engine.engine_core.shutdown()
         del llm
+        save(results, args)  # after every method: an interrupted study keeps what it measured
     report(results, args)
 
 
-def report(results: dict, args) -> None:
+def previous_results(path: str, batch_sizes: list[int]) -> dict[int, dict]:
+    """Results of earlier runs in `path` (each method's ratios come from its own interleaved
+    runs, so parts measured at different times still compare like with like)."""
+    results = {b: {} for b in batch_sizes}
+    if os.path.exists(path):
+        for batch_size, by_method in json.load(open(path))["results"].items():
+            results.setdefault(int(batch_size), {}).update(by_method)
+    return results
+
+
+def save(results: dict, args) -> None:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"args": vars(args), "results": results, "date": time.strftime("%Y-%m-%d %H:%M")}, f, indent=2)
+
+
+def report(results: dict, args) -> None:
     print(f"\nSmolLM2-135M float32 CPU, head {args.head}; MT-Bench, greedy, {args.max_tokens} tokens; "
           f"median of {args.repetitions} interleaved runs\n")
     print("| bs | method | tokens/s | plain tokens/s (same turns) | x plain | MAT | utilization |")

@@ -38,18 +38,6 @@ def calibration_prompts(source: str, count: int) -> list[list[dict]]:
     return [chat_messages(p) for p in load_prompts(source, limit=count)]
 
 
-def _start_recording(wrapper) -> dict:
-    runner = wrapper.model_runner
-    runner.drafter.recording = True
-    runner.echo_calibration_records.clear()
-    return runner.measure_target_cost().to_dict()
-
-
-def _collect(wrapper) -> tuple[list, float]:
-    runner = wrapper.model_runner
-    return list(runner.echo_calibration_records), runner.drafter.draft_seconds
-
-
 def calibrate(target: str, draft: str, out: str, source: str = "training", num_prompts: int = 128,
               batch_size: int = 16, max_tokens: int = 128, steps: int = 5, topk: int = 8,
               num_draft_tokens: int = 32, remaining_num_draft_tokens: int | None = None,
@@ -63,11 +51,11 @@ def calibrate(target: str, draft: str, out: str, source: str = "training", num_p
     chats = calibration_prompts(source, num_prompts)
     llm = LLM(model=target, max_num_seqs=batch_size, max_model_len=context_length(target, 2048), **ENGINE,
               speculative_config={"method": "echo", "model": draft, **tree})
-    (cost_points,) = llm.collective_rpc(_start_recording)
+    (cost_points,) = llm.collective_rpc("echo_start_calibration")
     sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     for start in tqdm(range(0, len(chats), batch_size), desc="calibrate", unit="batch"):
         llm.chat(chats[start:start + batch_size], sampling, use_tqdm=False)
-    ((records, draft_seconds),) = llm.collective_rpc(_collect)
+    ((records, draft_seconds),) = llm.collective_rpc("echo_calibration_records")
     if not records:
         raise RuntimeError("echo-vllm: calibration recorded no verification steps; give more prompts or tokens")
     statistics = torch.tensor([r[0] for r in records])  # [R, D-1, S]

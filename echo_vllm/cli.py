@@ -19,7 +19,8 @@ def _train_draft(args: argparse.Namespace) -> None:
     from echo_vllm.training.train import TrainConfig
 
     target = _target_dir(args.target)
-    config = TrainConfig(epochs=args.epochs, ttt_steps=args.ttt_steps, lr=args.lr, seed=args.seed)
+    config = TrainConfig(epochs=args.epochs, ttt_steps=args.ttt_steps, lr=args.lr,
+                         batch_tokens=args.batch_tokens, seed=args.seed)
     summary = train_draft(target, args.out, args.prompts, args.max_new_tokens,
                           args.draft_vocab_size, config, args.work_dir)
     print(f"head written to {args.out}: validation top-1 by depth "
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--target", required=True, help=f"a model directory or one of {sorted(MODELS)}")
     train.add_argument("--out", required=True, help="directory to write the head to")
-    train.add_argument("--prompts", type=_positive, default=1600, help="training prompts (default 1600)")
+    train.add_argument("--prompts", type=_positive, default=1500, help="training prompts (default 1500)")
     train.add_argument("--max-new-tokens", type=_positive, default=256)
     train.add_argument("--draft-vocab-size", type=_positive, default=4096)
     defaults = TrainConfig()
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ttt-steps", type=_positive, default=defaults.ttt_steps,
                        help="training-time-test unroll depth")
     train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--batch-tokens", type=_positive, default=defaults.batch_tokens,
+                       help="padded tokens per optimizer step")
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--work-dir", help="where data and checkpoints go "
                        "(default $ECHO_VLLM_CACHE/training/<out name>)")

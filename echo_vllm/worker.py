@@ -39,6 +39,23 @@ def measure_cost_if_needed(runner: EchoRunnerMixin) -> None:
         runner.measure_target_cost()
 
 
+class CalibrationRPC:
+    """What `echo-vllm calibrate` asks every worker, by method name through
+    `LLM.collective_rpc` (a name needs no pickled function, so no insecure serialization)."""
+
+    def echo_start_calibration(self) -> dict:
+        """Record every verification step from now on; returns the measured cost model."""
+        runner = self.model_runner
+        runner.drafter.recording = True
+        runner.echo_calibration_records.clear()
+        return runner.measure_target_cost().to_dict()
+
+    def echo_calibration_records(self) -> tuple[list, float]:
+        """The recorded steps and the drafter's mean seconds per draft pass."""
+        runner = self.model_runner
+        return list(runner.echo_calibration_records), runner.drafter.draft_seconds
+
+
 class EchoCPUModelRunner(EchoRunnerMixin, CPUModelRunner):
     pass
 
@@ -47,7 +64,7 @@ class EchoGPUModelRunner(EchoRunnerMixin, GPUModelRunner):
     pass
 
 
-class EchoCPUWorker(CPUWorker):
+class EchoCPUWorker(CalibrationRPC, CPUWorker):
     def __init__(self, vllm_config: VllmConfig, *args, **kwargs):
         check_all_overrides()
         super().__init__(vllm_config, *args, **kwargs)
@@ -68,7 +85,7 @@ class EchoCPUWorker(CPUWorker):
         return times
 
 
-class EchoGPUWorker(Worker):
+class EchoGPUWorker(CalibrationRPC, Worker):
     """Not run on a GPU yet: this project's GPU machine cannot hold a full vLLM install."""
 
     def __init__(self, vllm_config: VllmConfig, *args, **kwargs):

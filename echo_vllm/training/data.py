@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +54,9 @@ def generate_responses(
 
     from echo_vllm.assets.models import context_length
 
-    llm = LLM(model=target, dtype="float32", enforce_eager=True, max_model_len=context_length(target, 2048),
-              kv_cache_memory_bytes=4 << 30, max_num_seqs=256, max_num_batched_tokens=8192)
+    with _every_core_bound():
+        llm = LLM(model=target, dtype="float32", enforce_eager=True, max_model_len=context_length(target, 2048),
+                  kv_cache_memory_bytes=4 << 30, max_num_seqs=256, max_num_batched_tokens=8192)
     sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
     try:
         with open(path, "a") as f, tqdm(total=len(prompts), initial=len(done), desc="generate", unit="prompt") as bar:
@@ -70,6 +72,24 @@ def generate_responses(
         llm.llm_engine.engine_core.shutdown()
         del llm
     return done
+
+
+@contextmanager
+def _every_core_bound():
+    """While an engine starts (its worker reads the binding then): vLLM's CPU backend keeps
+    a core for its front end unless told otherwise; an offline generation job has little
+    front-end work, so its worker gets every core (twice the tokens/s on a 2-core machine)
+    unless the user chose a binding."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        yield
+        return
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    try:
+        yield
+    finally:
+        del os.environ["VLLM_CPU_OMP_THREADS_BIND"]
 
 
 def _shard_path(directory: Path, index: int) -> Path:
@@ -97,7 +117,7 @@ def capture_features(
         for index in tqdm(missing, desc="capture hidden states", unit="shard"):
             shard = samples[index * shard_size:(index + 1) * shard_size]
             sequences = [(s.prompt_ids + s.response_ids)[:max_len] for s in shard]
-            features = [_hidden_states(model, seq, layer_ids) for seq in sequences]
+            features = [hidden_states(model, seq, layer_ids) for seq in sequences]
             lengths = torch.tensor([len(seq) for seq in sequences])
             tmp = paths[index].with_suffix(".tmp")
             save_file({
@@ -110,7 +130,9 @@ def capture_features(
     return paths
 
 
-def _hidden_states(model, sequence: list[int], layer_ids: tuple[int, ...]) -> torch.Tensor:
+def hidden_states(model, sequence: list[int], layer_ids: tuple[int, ...]) -> torch.Tensor:
+    """The concatenated hidden states of `layer_ids` at every position of `sequence`:
+    `model` is a transformers base model (`AutoModelForCausalLM...model`)."""
     out = model(torch.tensor([sequence]), output_hidden_states=True)
     return torch.cat([out.hidden_states[i][0] for i in layer_ids], dim=-1)  # [T, len(ids)*H]
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import resource
 import shutil
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+import psutil
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from echo_vllm.assets.models import cache_dir
 from echo_vllm.draft_head import default_aux_layer_ids, head_config
@@ -71,6 +72,15 @@ def prepare_work_dir(work: Path, settings: dict, num_prompts: int, hidden_size: 
 def train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, draft_vocab_size: int,
                 train_config: TrainConfig, work_dir: str | None = None) -> dict:
     """Build the head for `target` into `out` (vLLM's eagle3 / echo load it). Returns the summary."""
+    with ProcessTreeMemory() as memory:
+        summary = _train_draft(target, out, num_prompts, max_new_tokens, draft_vocab_size, train_config, work_dir)
+    summary["peak_rss_gib"] = round(memory.peak_bytes / 2**30, 2)
+    export_summary(Path(out), summary)
+    return summary
+
+
+def _train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, draft_vocab_size: int,
+                 train_config: TrainConfig, work_dir: str | None) -> dict:
     started = time.time()
     target_config = read_target(target)
     layer_ids = default_aux_layer_ids(target_config["num_hidden_layers"])
@@ -116,21 +126,35 @@ def train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, dr
         "wall_time_s": round(time.time() - started),
         "phase_seconds": phase_seconds,
         "resumed_earlier_work": resumed,
-        "peak_rss_gib": round(_peak_rss_bytes() / 2**30, 2),
     })
-    export_head(head, config, d2t, t2d, Path(out), summary)
+    export_head(head, config, d2t, t2d, Path(out))
     return summary
 
 
-def export_head(head: Eagle3Head, config: dict, d2t: torch.Tensor, t2d: torch.Tensor, out: Path, summary: dict) -> None:
-    """The head in vLLM's EAGLE-3 checkpoint layout (bf16 weights) plus its training summary."""
+def export_head(head: Eagle3Head, config: dict, d2t: torch.Tensor, t2d: torch.Tensor, out: Path) -> None:
+    """The head in vLLM's EAGLE-3 checkpoint layout (bf16 weights)."""
     out.mkdir(parents=True, exist_ok=True)
     tensors = {name: value.detach().to(torch.bfloat16).contiguous() for name, value in head.state_dict().items()}
     tensors["d2t"], tensors["t2d"] = d2t, t2d
     save_file(tensors, out / "model.safetensors")
     (out / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def load_head(path: str, target: str) -> tuple[Eagle3Head, torch.Tensor]:
+    """An exported head as a torch module (float32) and its d2t map: export_head's inverse."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    head = Eagle3Head(config, target_embedding(target))
+    tensors = load_file(Path(path) / "model.safetensors")
+    d2t = tensors.pop("d2t")
+    tensors.pop("t2d")
+    head.load_state_dict({name: value.float() for name, value in tensors.items()})
+    return head.eval(), d2t
+
+
+def export_summary(out: Path, summary: dict) -> None:
+    """training.json and the card written from it, beside the head."""
     (out / "training.json").write_text(json.dumps(summary, indent=2))
-    (out / "README.md").write_text(model_card(config, summary))
+    (out / "README.md").write_text(model_card(json.loads((out / "config.json").read_text()), summary))
 
 
 def model_card(config: dict, summary: dict) -> str:
@@ -161,12 +185,39 @@ Produced by `echo-vllm train-draft` (echo-vllm), written by it with this card:
   validation loss {final['val_loss']}.
 - Wall time {summary['wall_time_s']} s for {"this run, which resumed earlier work" if summary['resumed_earlier_work']
   else "the whole command"} on a 2-core CPU (generation {phases['generate']} s, hidden states
-  {phases['capture']} s, training {phases['train']} s); peak resident memory {summary['peak_rss_gib']} GiB.
+  {phases['capture']} s, training {phases['train']} s); peak resident memory {summary['peak_rss_gib']} GiB (this
+  process and the vLLM engine's processes together, sampled every second).
 """
 
 
-def _peak_rss_bytes() -> int:
-    """Peak resident memory of this process and of its finished children (vLLM's engine)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) * 1024
+class ProcessTreeMemory:
+    """Peak resident memory of this process and every process it starts (vLLM's engine core
+    and worker), summed, sampled every `interval` seconds by a background thread. getrusage
+    cannot do this: it never sees an engine worker that its own parent did not wait for."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "ProcessTreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while True:
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass  # ended between listing and reading
+            self.peak_bytes = max(self.peak_bytes, total)
+            if self._stop.wait(self.interval):
+                return

@@ -6,7 +6,8 @@ Three kinds, interleaved in a seeded order:
   code       "write this function" prompts from the signatures and docstrings of Python
              standard-library functions (HumanEval's problems are not among them)
   chat       instruction prompts from templates over topic lists (writing, explanation,
-             advice, role play, extraction, ...), none of them an MT-Bench question
+             STEM and humanities, advice, role play), none of them an MT-Bench question, and
+             extraction / summary requests over standard-library documentation text
 
 `training_prompts` refuses to return a prompt that also appears in a benchmark set.
 """
@@ -32,18 +33,31 @@ STDLIB_MODULES = (
     "zlib", "csv", "urllib.parse", "ipaddress", "fractions", "decimal", "secrets", "uuid",
     "shlex", "keyword", "colorsys", "struct", "gzip", "tempfile",
 )
-CHAT_TEMPLATES = (
+CHAT_TEMPLATES = (  # the kinds of request a general assistant gets, none an MT-Bench question
+    # writing
     "Write a short blog post about {topic}.",
+    "Write a friendly email to a colleague about {topic}.",
+    "Write a short poem about {topic}.",
+    "Write a persuasive paragraph arguing that everyone should learn about {topic}.",
+    "Write a short story in which {topic} plays an important part.",
+    "Draft a catchy product announcement for a new app about {topic}.",
+    # explanation, STEM and humanities
     "Explain {topic} to a complete beginner.",
+    "What is the science behind {topic}?",
+    "How has {topic} changed society over the last hundred years?",
+    "Summarize the history of {topic} in a few paragraphs.",
+    "What are common misconceptions about {topic}?",
+    "Discuss the ethical questions raised by {topic}.",
+    # advice and planning
     "Give me five practical tips about {topic}.",
     "What are the main advantages and disadvantages of {topic}?",
-    "Write a friendly email to a colleague about {topic}.",
-    "Summarize the history of {topic} in a few paragraphs.",
-    "Pretend you are a tour guide and describe {topic}.",
-    "Write a short poem about {topic}.",
     "Compare {topic} with a common alternative and recommend one.",
     "Create a step-by-step plan for learning about {topic}.",
     "What questions should I ask an expert in {topic}?",
+    # role play
+    "Pretend you are a tour guide and describe {topic}.",
+    "Act as a teacher and give a five-minute lesson on {topic}.",
+    "You are a journalist interviewing a scientist about {topic}. Write the interview.",
     "Describe a typical day for someone who works with {topic}.",
 )
 CHAT_TOPICS = (
@@ -57,6 +71,16 @@ CHAT_TOPICS = (
     "video game design", "vaccines", "minimalism", "public speaking", "the moon landing",
     "composting", "cloud computing", "origami", "the Olympic Games", "tea ceremonies",
     "electric guitars", "wildfire prevention", "podcasting", "the periodic table",
+    "black holes", "the French Revolution", "antibiotics", "social media", "plate tectonics",
+    "democracy", "quantum computing", "the Silk Road", "nutrition labels", "wind turbines",
+    "impressionist painting", "the immune system", "smartphones", "rainforests", "philosophy of mind",
+    "supply chains", "ocean tides", "the Industrial Revolution", "meditation", "electric grids",
+    "dinosaurs", "inflation", "the internet", "classical music", "genetic engineering",
+)
+EXTRACTION_TEMPLATES = (  # documentation text to read, summarize or extract from
+    "Summarize the following documentation in two sentences:\n\n{text}",
+    "List the key facts stated in this text as bullet points:\n\n{text}",
+    "Rewrite this technical description in plain English for a non-programmer:\n\n{text}",
 )
 
 
@@ -111,7 +135,9 @@ def _code() -> list[str]:
 
 
 def _chat() -> list[str]:
-    return [t.format(topic=topic) for t in CHAT_TEMPLATES for topic in CHAT_TOPICS]
+    chat = [t.format(topic=topic) for t in CHAT_TEMPLATES for topic in CHAT_TOPICS]
+    docs = [summary for _, _, summary in _documented_functions()]
+    return chat + [t.format(text=doc) for t in EXTRACTION_TEMPLATES for doc in docs]
 
 
 def training_prompts(count: int, seed: int = 0) -> list[str]:

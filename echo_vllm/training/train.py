@@ -23,13 +23,15 @@ from echo_vllm.training.head import Eagle3Head
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 5
+    epochs: int = 4
     ttt_steps: int = 3
     lr: float = 3e-3
     weight_decay: float = 0.0
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
-    batch_tokens: int = 4096  # padded tokens per batch
+    # padded tokens per batch: small batches learn more per epoch from this little data
+    # (1 epoch, SmolLM2: validation top-1 0.36 at 1024 against 0.30 at 4096)
+    batch_tokens: int = 1024
     val_fraction: float = 0.05
     checkpoint_every: int = 50  # optimizer steps
     seed: int = 0
