@@ -70,7 +70,8 @@ def calibrate(target: str, draft: str, out: str, source: str = "training", num_p
         **tree,
         "judge_depth": [best.depth], "threshold": [best.threshold], "gate_statistic": statistic,
         "remaining_num_draft_tokens": best.remaining_num_draft_tokens,
-        "models": {"target": target, "draft": draft},
+        # names for messages only (the fingerprints identify the models); no machine paths in a shared file
+        "models": {"target": Path(target).name, "draft": Path(draft).name},
         "fingerprints": {"target": model_fingerprint(target), "draft": model_fingerprint(draft)},
         "measured_with": {"prompts": source, "num_prompts": len(chats), "batch_size": batch_size,
                           "max_tokens": max_tokens, "records": len(records)},
