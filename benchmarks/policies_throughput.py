@@ -5,7 +5,8 @@ output tokens per request (ignore_eos, so every request of a batch runs to the e
 each batch size B, one run submits B prompts at once (B = 1: four prompts one after the
 other). Each speculative engine lives beside a plain one (memory allows two SmolLM2 engines
 with room, not eight) and they take turns run by run; each figure is the median of the
-runs, and each ratio compares runs interleaved with each other.
+runs, and each ratio compares runs interleaved with each other. Prefix caching is off in
+both engines (the runs repeat their prompts).
 
   tokens/s      output tokens / wall time of a run
   x plain       tokens/s over no speculation's, medians of the same interleaved runs
@@ -94,8 +95,11 @@ def main() -> None:
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     target = str(prepare_model("smollm2-135m"))
+    # No prefix caching: every run repeats the same prompts, and a cache hit would depend on
+    # which engine's KV cache (a speculative engine also holds draft KV and lookahead slots)
+    # still holds the previous run's blocks, not on decoding.
     engine = dict(dtype="float32", enforce_eager=True, max_model_len=1024, disable_log_stats=False,
-                  kv_cache_memory_bytes=1 << 30, max_num_seqs=max(batch_sizes))
+                  kv_cache_memory_bytes=1 << 30, max_num_seqs=max(batch_sizes), enable_prefix_caching=False)
     configs = methods(args.head, args.calibration, [int(k) for k in args.eagle3_k.split(",")],
                       args.ddd_threshold, args.opt_tree_gain)
     if args.methods:

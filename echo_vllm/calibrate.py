@@ -55,7 +55,7 @@ def calibrate(target: str, draft: str, out: str, source: str = "training", num_p
     sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     for start in tqdm(range(0, len(chats), batch_size), desc="calibrate", unit="batch"):
         llm.chat(chats[start:start + batch_size], sampling, use_tqdm=False)
-    ((records, draft_seconds),) = llm.collective_rpc("echo_calibration_records")
+    ((records, draft_seconds),) = llm.collective_rpc("echo_calibration_records", args=(batch_size,))
     if not records:
         raise RuntimeError("echo-vllm: calibration recorded no verification steps; give more prompts or tokens")
     statistics = torch.tensor([r[0] for r in records])  # [R, D-1, S]

@@ -66,6 +66,7 @@ class PendingTree:
 
     drafts: list[int]  # the draft tokens, in tree order (the root excluded)
     parent_idx: list[int]  # for nodes 0..len(drafts): -1 for the root
+    values: list[float]  # for nodes 0..len(drafts): the draft's path probability (0 for the root)
     # when calibrating: gate statistics by depth [D-1][S], and each node's score rank
     calibration: tuple[list[list[float]], list[int]] | None = None
 
@@ -104,6 +105,8 @@ class EchoRunnerMixin:
         for req_id in scheduler_output.finished_req_ids:
             self._echo_trees.pop(req_id, None)
             self._echo_acceptance_ema.pop(req_id, None)
+            if hasattr(self, "drafter"):
+                self.drafter.forget(req_id)
         return super()._update_states(scheduler_output)
 
     def _tree_parents(self, req_id: str, drafts: list[int]) -> list[int]:
@@ -222,30 +225,35 @@ class EchoRunnerMixin:
             torch.cuda.synchronize(self.device)
 
     def _model_forward(self, *args, **kwargs):
-        if self._echo_step is not None and getattr(self.drafter, "cost_model", None) is not None:
+        if getattr(self.drafter, "cost_model", None) is not None:
             self._echo_pass_start = (time.perf_counter(), int(kwargs["positions"].shape[-1]))
         return super()._model_forward(*args, **kwargs)
 
     def _observe_target_pass(self) -> None:
-        """Refine the cost model with the verification pass that just finished (its
-        results are on the host now, so the time is real on every device)."""
+        """Refine the cost model with the pass that just finished, sampling or verification
+        included (its results are on the host now, so the time is real on every device)."""
         if self._echo_pass_start is not None:
             start, tokens = self._echo_pass_start
             self._echo_pass_start = None
-            self.drafter.cost_model.observe(tokens, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self.drafter.cost_model.observe(tokens, seconds)
+            self.drafter.last_pass_seconds = seconds
 
     # ---- verification -----------------------------------------------------------------
 
     def _sample(self, logits, spec_decode_metadata):
         step = self._echo_step
         if spec_decode_metadata is None or step is None:
-            return super()._sample(logits, spec_decode_metadata)
+            output = super()._sample(logits, spec_decode_metadata)
+            self._observe_target_pass()
+            return output
         self._echo_step = None
         tokens, parents, num_nodes = self._flat_trees(step, spec_decode_metadata.num_draft_tokens)
         output, verdicts = sample_trees(
             self.sampler, logits, tokens, parents, num_nodes, self.input_batch.sampling_metadata
         )
         self._record_calibration(step, verdicts)
+        self._observe_acceptance(step, verdicts)
         self._calibrate_online(len(step.rows))
         tree, src, dst = accepted_moves(step, verdicts)
         if len(tree):
@@ -258,6 +266,17 @@ class EchoRunnerMixin:
         self._echo_row_moves = ((rows + src).to(self.device), (rows + dst).to(self.device))
         self._observe_target_pass()
         return output
+
+    def _observe_acceptance(self, step: TreeStep, verdicts: list[Verdict]) -> None:
+        """How many verified draft tokens the target accepted, against how many the draft's
+        path probabilities predicted (trees echo drafted, as far as they were scheduled)."""
+        predicted, accepted = 0.0, 0
+        for i, row in enumerate(step.rows):
+            pending = self._echo_trees.get(self.input_batch.req_ids[row])
+            if pending is not None:
+                predicted += sum(pending.values[: int(step.num_nodes[i])])
+                accepted += len(verdicts[row].accepted_nodes)
+        self.drafter.acceptance_curve.observe_verified(predicted, accepted)
 
     def _record_calibration(self, step: TreeStep, verdicts: list[Verdict]) -> None:
         """When calibrating: pair each request's drafted-tree statistics with how deep the
@@ -292,7 +311,7 @@ class EchoRunnerMixin:
             return  # no whole tree verified yet: keep recording
         config = self.echo_config
         batch = int(np.median(self._echo_online_batch_sizes))
-        costs = step_costs(drafter.cost_model, drafter.draft_seconds, batch, config.steps, config.num_draft_tokens)
+        costs = step_costs(drafter.cost_model, drafter.draft_seconds(batch), batch, config.steps, config.num_draft_tokens)
         statistic, best, _ = choose_gate(torch.tensor([r[0] for r in records]), torch.tensor([r[1] for r in records]),
                                          config.num_draft_tokens, config.remaining_num_draft_tokens, costs)
         depth, threshold, statistic_index, remaining = same_on_every_rank(
@@ -350,13 +369,18 @@ class EchoRunnerMixin:
             sample_hidden_states, aux_hidden_states, spec_decode_metadata,
             common_attn_metadata, slot_mappings,
         )
-        trees, calibration = self.drafter.drafted_trees, self.drafter.drafted_calibration
+        trees, calibration, values = self.drafter.drafted_trees, self.drafter.drafted_calibration, self.drafter.drafted_values
+        if trees is None:  # a step not worth drafting: no request drafted
+            for req_id in self.input_batch.req_ids:
+                self._echo_trees.pop(req_id, None)
+            return drafts
+        values = values.tolist()
         for row, req_id in enumerate(self.input_batch.req_ids):
             n = int(trees.num_nodes[row])
             recorded = None
             if calibration is not None:
                 recorded = (calibration[0][row].tolist(), calibration[1][row, :n].tolist())
-            self._echo_trees[req_id] = PendingTree(drafts[row], trees.parent_idx[row, :n].tolist(), recorded)
+            self._echo_trees[req_id] = PendingTree(drafts[row], trees.parent_idx[row, :n].tolist(), values[row][:n], recorded)
         return drafts
 
 

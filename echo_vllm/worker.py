@@ -50,10 +50,10 @@ class CalibrationRPC:
         runner.echo_calibration_records.clear()
         return runner.measure_target_cost().to_dict()
 
-    def echo_calibration_records(self) -> tuple[list, float]:
-        """The recorded steps and the drafter's mean seconds per draft pass."""
+    def echo_calibration_records(self, batch_size: int) -> tuple[list, float]:
+        """The recorded steps and the drafter's expected seconds per step at batch_size."""
         runner = self.model_runner
-        return list(runner.echo_calibration_records), runner.drafter.draft_seconds
+        return list(runner.echo_calibration_records), runner.drafter.draft_seconds(batch_size)
 
 
 class EchoCPUModelRunner(EchoRunnerMixin, CPUModelRunner):

@@ -13,6 +13,13 @@ verifying T tokens, measured at start-up, refined online) and the nodes' expecte
 give the goodput of every G; the budget is the G with the best goodput, i.e. where one more
 verified token costs more time than the tokens it is expected to buy.
 
+Drafting itself costs time every step, whatever the budget buys. Before drafting, echo asks
+whether speculation pays at all at this batch size (`speculation_pays`): the expected
+acceptance per request of recent drafted steps (`AcceptanceCurve`), the target cost model and
+the drafting time and the rest of a step's time (scheduling, input preparation: `LinearCost`
+fits, online) give the best goodput with speculation, against the goodput of a plain step.
+When it does not pay, the step drafts nothing.
+
 Shape key: B requests, P pool nodes per request, M = B*P, G budget (draft tokens).
 """
 
@@ -64,6 +71,14 @@ def allocation_order(pool_scores: torch.Tensor, parent_idx: torch.Tensor, pool_d
     return order[eligible[order]]
 
 
+def piecewise_linear(x: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """The line through points (xs, ys) [n >= 2, xs increasing] at x (any shape), extended
+    beyond the points with the end segments' slopes."""
+    right = torch.searchsorted(xs, x).clamp(1, len(xs) - 1)
+    x0, x1, y0, y1 = xs[right - 1], xs[right], ys[right - 1], ys[right]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
 def allocate(order: torch.Tensor, batch: int, pool_size: int, budget: int | None) -> torch.Tensor:
     """[B, P] bool: the nodes the first `budget` entries of the order buy (None: all)."""
     bought = order if budget is None else order[:budget]
@@ -75,7 +90,7 @@ def allocate(order: torch.Tensor, batch: int, pool_size: int, budget: int | None
 class CostModel:
     """Seconds of one target pass as a function of the tokens it verifies (all requests'
     roots and drafts): piecewise linear through measured points, non-decreasing, extended
-    beyond the measured range with the end segments' slopes."""
+    beyond the measured range with the end segments' slopes, times one factor refined online."""
 
     def __init__(self, tokens: list[int], seconds: list[float]):
         if len(tokens) < 2 or len(tokens) != len(seconds):
@@ -89,26 +104,26 @@ class CostModel:
         self.tokens = torch.tensor(points, dtype=torch.float64)
         medians = torch.tensor([sorted(by_tokens[t])[len(by_tokens[t]) // 2] for t in points], dtype=torch.float64)
         self.seconds = medians.cummax(dim=0).values
+        self.factor = 1.0
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         """Seconds for passes of `tokens` tokens (any shape)."""
-        x = tokens.to(torch.float64)
-        right = torch.searchsorted(self.tokens, x).clamp(1, len(self.tokens) - 1)
-        x0, x1 = self.tokens[right - 1], self.tokens[right]
-        y0, y1 = self.seconds[right - 1], self.seconds[right]
-        return (y0 + (y1 - y0) * (x - x0) / (x1 - x0)).clamp(min=0.0)
+        return self.factor * self._measured(tokens)
+
+    def _measured(self, tokens: torch.Tensor) -> torch.Tensor:
+        return piecewise_linear(tokens.to(torch.float64), self.tokens, self.seconds).clamp(min=0.0)
 
     def observe(self, tokens: int, seconds: float, weight: float = 0.05) -> None:
-        """Online refinement: move the nearest measured point toward a pass just timed
-        (scaled by the model's own shape between the two token counts)."""
-        nearest = int((self.tokens - tokens).abs().argmin())
-        predicted = float(self(torch.tensor(tokens)))
-        target = seconds * float(self.seconds[nearest]) / max(predicted, 1e-12)
-        self.seconds[nearest] = (1 - weight) * self.seconds[nearest] + weight * target
-        self.seconds = self.seconds.cummax(dim=0).values
+        """Online refinement with a pass just timed: the factor moves toward its time over the
+        measured points' prediction. One factor for every size keeps the model consistent
+        (moving only the nearest point would bend it where traffic runs and leave it stale
+        elsewhere); passes timed at start-up leave out what serving adds (attention over the
+        cache, logits, sampling), which the factor takes in at the sizes traffic runs."""
+        ratio = seconds / max(float(self._measured(torch.tensor(tokens))), 1e-12)
+        self.factor = (1 - weight) * self.factor + weight * ratio
 
     def to_dict(self) -> dict:
-        return {"tokens": [int(t) for t in self.tokens], "seconds": [float(s) for s in self.seconds]}
+        return {"tokens": [int(t) for t in self.tokens], "seconds": [self.factor * float(s) for s in self.seconds]}
 
 
 def measurement_sizes(max_tokens: int) -> list[int]:
@@ -133,3 +148,104 @@ def goodput_budget(node_values: torch.Tensor, num_requests: int, cost: CostModel
     tokens = num_requests + torch.arange(len(gains), dtype=torch.float64)
     goodput = (num_requests + gains) / (cost(tokens) + overhead_s)
     return int(goodput.argmax())
+
+
+class AcceptanceCurve:
+    """Expected accepted draft tokens per request, against draft tokens verified per request,
+    when a step's budget is spent in allocation order: an EMA over the drafted steps.
+
+    Each drafted step contributes its cumulative node values (the draft's path probabilities,
+    in the order the budget buys them) divided by its number of requests, on a grid of 1/8
+    draft token per request. Normalised per request, steps of any batch size combine, and the
+    curve predicts a step at another batch size B: gains(G) = B * curve(G / B).
+
+    The draft's probabilities are its own belief; on live traffic it may be over- or
+    under-confident. `scale` (accepted / predicted over recent verified trees) corrects them.
+    """
+
+    GRID_PER_TOKEN = 8
+
+    def __init__(self, max_drafts_per_request: int, weight: float = 0.1):
+        self.grid = torch.arange(max_drafts_per_request * self.GRID_PER_TOKEN + 1, dtype=torch.float64) / self.GRID_PER_TOKEN
+        self.gains_per_request: torch.Tensor | None = None  # [grid], None until a step is observed
+        self.weight = weight
+        self.verified = torch.zeros(2, dtype=torch.float64)  # decayed sums: predicted, accepted
+
+    # Predicted and accepted tokens assumed before any verification (as if the draft were
+    # calibrated): a few early rejections must not drive the scale to 0, after which echo
+    # would never draft again and never see otherwise.
+    PRIOR_TOKENS = 4.0
+
+    @property
+    def scale(self) -> float:
+        """Accepted draft tokens per token the draft's probabilities predicted."""
+        predicted, accepted = self.verified.tolist()
+        return (accepted + self.PRIOR_TOKENS) / (predicted + self.PRIOR_TOKENS)
+
+    def observe_verified(self, predicted: float, accepted: int, decay: float = 0.98) -> None:
+        """One verification step: the summed path probabilities of the verified draft nodes
+        and how many of them the target accepted."""
+        self.verified = decay * self.verified + torch.tensor([predicted, accepted], dtype=torch.float64)
+
+    def observe(self, node_values: torch.Tensor, num_requests: int) -> None:
+        """One drafted step: node_values [L] in allocation order, for num_requests requests."""
+        cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), node_values.to(torch.float64).cpu().cumsum(0)])
+        per_request = torch.arange(len(cumulative), dtype=torch.float64) / num_requests
+        if len(cumulative) < 2:  # no node drafted: nothing to gain at any budget
+            step = torch.zeros_like(self.grid)
+        else:
+            step = piecewise_linear(self.grid.clamp(max=float(per_request[-1])), per_request, cumulative / num_requests)
+        if self.gains_per_request is None:
+            self.gains_per_request = step
+        else:
+            self.gains_per_request = (1 - self.weight) * self.gains_per_request + self.weight * step
+
+    def gains(self, num_requests: int, budgets: torch.Tensor) -> torch.Tensor:
+        """Expected accepted draft tokens of a step of num_requests requests, per budget."""
+        assert self.gains_per_request is not None, "no drafted step observed yet"
+        per_request = (budgets.to(torch.float64) / num_requests).clamp(max=float(self.grid[-1]))
+        return self.scale * num_requests * piecewise_linear(per_request, self.grid, self.gains_per_request)
+
+
+class LinearCost:
+    """Seconds as a + b * x, fit online by exponentially weighted least squares (recent
+    observations count most). With one x seen so far, or a fit that slopes down (costs do
+    not fall as x grows), it predicts the weighted mean: optimistic where nothing was
+    measured, so a decision taken on it gets measured there and corrects it."""
+
+    def __init__(self, decay: float = 0.95):
+        self.decay = decay
+        self.sums = torch.zeros(5, dtype=torch.float64)  # weight, x, y, x*x, x*y
+
+    def observe(self, x: float, seconds: float) -> None:
+        self.sums = self.decay * self.sums + torch.tensor([1.0, x, seconds, x * x, x * seconds], dtype=torch.float64)
+
+    def __call__(self, x: float) -> float | None:
+        """Predicted seconds at x (never negative), or None before any observation."""
+        weight, sx, sy, sxx, sxy = self.sums.tolist()
+        if weight == 0.0:
+            return None
+        mean_x, mean_y = sx / weight, sy / weight
+        variance = sxx / weight - mean_x * mean_x
+        slope = (sxy / weight - mean_x * mean_y) / variance if variance > 1e-9 * max(1.0, mean_x * mean_x) else 0.0
+        if slope <= 0.0:
+            return max(mean_y, 0.0)
+        return max(mean_y + slope * (x - mean_x), 0.0)
+
+
+def speculation_pays(num_requests: int, curve: AcceptanceCurve, cost: CostModel, draft_seconds: float,
+                     step_overhead_s: float = 0.0) -> bool:
+    """Whether drafting a step of num_requests requests is expected to beat a plain step.
+
+    Best goodput with speculation, over every budget G the curve can fill:
+    (requests + gains(G)) / (cost(requests + G) + draft_seconds + step_overhead_s), against
+    the plain step's requests / (cost(requests) + step_overhead_s). Worked example: 2
+    requests, curve gains .45 per request at one draft each, cost 1 s + .1 s per token beyond
+    2, no overhead, drafting .1 s -> best G = 2: 2.9 / 1.3 = 2.23 > 2.0 pays; drafting .5 s ->
+    2.9 / 1.7 = 1.71 (and G = 1: 2.45 / 1.6 = 1.53) does not.
+    """
+    budgets = torch.arange(int(curve.grid[-1] * num_requests) + 1)
+    tokens = (num_requests + budgets).to(torch.float64)
+    step_s = cost(tokens) + step_overhead_s
+    with_speculation = (num_requests + curve.gains(num_requests, budgets)) / (step_s + draft_seconds)
+    return bool(with_speculation.max() > num_requests / float(step_s[0]))

@@ -8,6 +8,12 @@ the next frontier. Frontier nodes attend to the request's draft-KV prefix plus t
 ancestors (their K/V stay in local tensors, never in the paged cache). The verified tree is
 the root plus the num_draft_tokens - 1 best nodes of the pool (echo_vllm.core.tree).
 
+Echo with the automatic budget drafts a step only when speculation is expected to pay at its
+batch size (core.budget.speculation_pays). A step it does not draft skips even the first
+pass; the first-pass inputs of its rows are kept (`OwedRows`) and the draft KV they owe is
+written before the request's next drafted step (`_catch_up`), in one batched pass. Requests
+that finish in between never pay for it.
+
 Shape key: B requests, K topk, Hd draft hidden size, H/Hkv heads, Dh head size, M tree keys.
 """
 
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from vllm.config import VllmConfig
@@ -24,7 +30,15 @@ from vllm.forward_context import set_forward_context
 from vllm.v1.spec_decode.eagle import EagleProposer
 
 from echo_vllm.config import EchoConfig
-from echo_vllm.core.budget import CostModel, allocate, allocation_order, goodput_budget
+from echo_vllm.core.budget import (
+    AcceptanceCurve,
+    CostModel,
+    LinearCost,
+    allocate,
+    allocation_order,
+    goodput_budget,
+    speculation_pays,
+)
 from echo_vllm.core.gating import (
     STATISTICS,
     GrowthPolicy,
@@ -45,12 +59,20 @@ from echo_vllm.core.tree import (
     tree_from_chosen,
 )
 from echo_vllm.log import logger
-from echo_vllm.kernels.paged_kv import CPU_PACKED, HEAD_MAJOR, KvLayout, check_isa, prefix_slots
+from echo_vllm.kernels.paged_kv import CPU_PACKED, HEAD_MAJOR, KvLayout, check_isa, prefix_slots, slots_of
 from echo_vllm.kernels.tree_attention import tree_attention
 
 
 # steps whose deepest bought node sets the depth drafted next (elastic depth)
 ELASTIC_DEPTH_WINDOW = 8
+# Draft-KV rows one request may owe from steps that were not drafted. Beyond it the rows are
+# dropped and the request drafts nothing until it finishes (its draft KV has a hole); this
+# bounds the memory kept (rows x the draft's hidden size) whatever the load does.
+MAX_OWED_ROWS = 256
+# Drafted steps measured (drafting time, acceptance) before echo may decide that a step is
+# not worth drafting: its estimates must not rest on the first, noisiest steps, since steps
+# it does not draft measure nothing about drafting.
+MIN_DRAFTED_STEPS = 32
 
 
 def kv_layout_of(device: torch.device) -> KvLayout:
@@ -59,18 +81,32 @@ def kv_layout_of(device: torch.device) -> KvLayout:
 
 
 class EchoProposer(EagleProposer):
-    def __init__(
-        self, vllm_config: VllmConfig, device: torch.device, echo_config: EchoConfig, runner=None
-    ):
+    def __init__(self, vllm_config: VllmConfig, device: torch.device, echo_config: EchoConfig, runner):
         super().__init__(vllm_config, device, runner=runner)
+        self.model_runner = runner  # its input batch names the requests of each row
         self.echo_config = echo_config
         self.kv_layout = kv_layout_of(device)
         self.growth_policy = growth_policy(echo_config)
         # The auto budget's inputs: the target pass cost model (the runner measures it at
-        # start-up and refines it each step) and the drafting time per step (EMA).
+        # start-up and refines it each step), the drafting time per step by batch size, and
+        # (to decide whether a step is worth drafting at all) the acceptance per request.
         self.cost_model: CostModel | None = None
-        self.draft_seconds = 0.0
+        self.draft_cost = LinearCost()
+        # The rest of a step's time, by batch size: scheduling, input preparation, output
+        # processing (measured as the time between two drafting calls, less the drafting
+        # and the target pass between them; the runner times the pass).
+        self.step_overhead = LinearCost()
+        self.last_pass_seconds: float | None = None
+        self._last_propose: tuple[float, float, set[str]] | None = None  # start, seconds, requests
+        self.acceptance_curve = AcceptanceCurve(echo_config.num_draft_tokens - 1)
         self.last_budget: int | None = None
+        # steps drafted with the auto budget, and steps not drafted because speculation
+        # did not pay (host-side counts)
+        self.num_drafted_steps = 0
+        self.num_undrafted_steps = 0
+        # by request id: first-pass inputs whose draft KV is owed; requests with a hole
+        self.owed_rows: dict[str, OwedRows] = {}
+        self.undraftable: set[str] = set()
         # Elastic depth (echo with a budget): draft one depth beyond the deepest node the
         # budget bought in recent steps, so a tight budget also stops paying for drafts
         # it never verifies, and an ample one lets trees grow back to `steps`.
@@ -92,6 +128,7 @@ class EchoProposer(EagleProposer):
         # The trees behind the draft lists `propose` returned, in batch-row order. vLLM's
         # runner passes only the token lists on, so echo's runner collects them here.
         self.drafted_trees: Tree | None = None
+        self.drafted_values: torch.Tensor | None = None  # [B, N] their nodes' path probabilities
 
     def propose(
         self,
@@ -107,17 +144,129 @@ class EchoProposer(EagleProposer):
         num_rejected_tokens_gpu=None,
         slot_mappings=None,
     ) -> list[list[int]]:
-        """Draft one tree per request; returns each request's drafts in tree order."""
+        """Draft one tree per request; returns each request's drafts in tree order (none
+        for any request when the step is not worth drafting)."""
+        batch = next_token_ids.shape[0]
+        req_ids = self.model_runner.input_batch.req_ids[:batch]
+        called = time.perf_counter()
+        self._observe_step_overhead(called, req_ids)
+        if not self._speculation_pays(batch):
+            self._owe_first_pass(req_ids, target_token_ids, target_positions, target_hidden_states,
+                                 next_token_ids, token_indices_to_sample, common_attn_metadata)
+            self.drafted_trees = self.drafted_calibration = None
+            self.num_undrafted_steps += 1
+            self._last_propose = (called, time.perf_counter() - called, set(req_ids))
+            return [[] for _ in range(batch)]
+        self._catch_up(req_ids, target_positions, common_attn_metadata)
         started = time.perf_counter()
         root_logits_hidden, root_hidden, root_positions, cad = self._first_pass(
             target_token_ids, target_positions, target_hidden_states, next_token_ids,
             token_indices_to_sample, common_attn_metadata,
         )
-        tree = self._expand(root_logits_hidden, root_hidden, root_positions + 1, next_token_ids, cad)
+        caps = self.tree_sizes(batch) - 1  # draft tokens each request may verify
+        caps[[i for i, req_id in enumerate(req_ids) if req_id in self.undraftable]] = 0
+        tree = self._expand(root_logits_hidden, root_hidden, root_positions + 1, next_token_ids, cad, caps)
         self.drafted_trees = tree
         drafts = [row[1:n] for row, n in zip(tree.tokens.tolist(), tree.num_nodes.tolist())]
-        self.draft_seconds = 0.9 * self.draft_seconds + 0.1 * (time.perf_counter() - started)
+        self.draft_cost.observe(batch, time.perf_counter() - started)
+        self._last_propose = (called, time.perf_counter() - called, set(req_ids))
         return drafts
+
+    def draft_seconds(self, batch: int) -> float:
+        """Expected seconds to draft a step of `batch` requests (0 before any was timed)."""
+        return self.draft_cost(batch) or 0.0
+
+    def step_seconds_besides_drafting(self, batch: int) -> float:
+        """Expected seconds of a step of `batch` requests outside the target pass and drafting."""
+        return self.step_overhead(batch) or 0.0
+
+    def _observe_step_overhead(self, now: float, req_ids: list[str]) -> None:
+        """Time since the previous drafting call, less that call and the target pass since:
+        the step's other work. Only when requests ran through (no idle engine in between)."""
+        if self._last_propose is None or self.last_pass_seconds is None:
+            return
+        started, seconds, previous_req_ids = self._last_propose
+        if not previous_req_ids.isdisjoint(req_ids):
+            self.step_overhead.observe(len(req_ids), now - started - seconds - self.last_pass_seconds)
+
+    def forget(self, req_id: str) -> None:
+        """A finished request: nothing is owed for it any more."""
+        self.owed_rows.pop(req_id, None)
+        self.undraftable.discard(req_id)
+
+    # ---- steps not drafted ------------------------------------------------------------
+
+    def _speculation_pays(self, batch: int) -> bool:
+        """Echo with the auto budget drafts a step only when speculation is expected to beat
+        a plain step at this batch size. Until the target's cost model is measured and
+        MIN_DRAFTED_STEPS steps were drafted, it drafts. The same decision on every rank."""
+        if not (self._elastic_depth() and self.echo_config.budget == "auto" and self.cost_model is not None
+                and self.num_drafted_steps >= MIN_DRAFTED_STEPS):
+            return True
+        pays = speculation_pays(batch, self.acceptance_curve, self.cost_model, self.draft_cost(batch),
+                                self.step_seconds_besides_drafting(batch))
+        (shared,) = same_on_every_rank([float(pays)])
+        return bool(shared)
+
+    def _owe_first_pass(self, req_ids, target_token_ids, target_positions, target_hidden_states,
+                        next_token_ids, token_indices_to_sample, cad) -> None:
+        """A step not drafted: keep the first pass's inputs (shifted tokens, combined target
+        hidden states) of each request's valid rows, to write their draft KV later."""
+        hidden = self.model.combine_hidden_states(target_hidden_states)
+        _, last_rows, cad = self.set_inputs_first_pass(
+            target_token_ids=target_token_ids, next_token_ids=next_token_ids, target_positions=target_positions,
+            target_hidden_states=hidden, token_indices_to_sample=token_indices_to_sample, cad=cad,
+            num_rejected_tokens_gpu=None,
+        )
+        starts = cad.query_start_loc_cpu[:-1].tolist()
+        ends = (last_rows.cpu() + 1).tolist()  # rows after a request's sampled row were rejected
+        first_positions = target_positions[cad.query_start_loc[:-1]].cpu().tolist()
+        for req_id, start, end, first in zip(req_ids, starts, ends, first_positions):
+            if req_id in self.undraftable:
+                continue
+            owed = self.owed_rows.get(req_id) or self.owed_rows.setdefault(req_id, OwedRows(first))
+            if not owed.add(first, self.input_ids[start:end].clone(), self.hidden_states[start:end].clone()):
+                del self.owed_rows[req_id]
+                self.undraftable.add(req_id)
+
+    def _catch_up(self, req_ids, target_positions, cad) -> None:
+        """Write the draft KV the batch's requests owe, in one batched draft-layer pass (the
+        first pass's computation for those rows; attention causal over prefix + owed rows)."""
+        owing = [(row, req_id) for row, req_id in enumerate(req_ids) if req_id in self.owed_rows]
+        if not owing:
+            return
+        rows = torch.tensor([row for row, _ in owing])
+        first_positions = target_positions[cad.query_start_loc[rows.to(self.device)]].cpu().tolist()
+        batch_rows, chunks = [], []
+        for (row, req_id), first in zip(owing, first_positions):
+            owed = self.owed_rows.pop(req_id)
+            if owed.end < first:  # rows missing in between: the draft KV has a hole
+                self.undraftable.add(req_id)
+                continue
+            tokens, hidden = owed.rows_before(first)
+            if len(tokens):
+                batch_rows.append(row)
+                chunks.append((owed.start, tokens, hidden))
+        if not chunks:
+            return
+        device = self.device
+        width = max(len(tokens) for _, tokens, _ in chunks)
+        count, hidden_size = len(chunks), chunks[0][2].shape[-1]
+        tokens = torch.zeros(count, width, dtype=torch.long, device=device)
+        hidden = torch.zeros(count, width, hidden_size, dtype=chunks[0][2].dtype, device=device)
+        for i, (_, t, h) in enumerate(chunks):
+            tokens[i, : len(t)], hidden[i, : len(t)] = t, h
+        lengths = torch.tensor([len(t) for _, t, _ in chunks], device=device)
+        starts = torch.tensor([start for start, _, _ in chunks], device=device)
+        valid = torch.arange(width, device=device) < lengths.view(-1, 1)
+        positions = starts.view(-1, 1) + torch.arange(width, device=device) * valid  # padding: the start
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        block_table = cad.block_table_tensor[torch.tensor(batch_rows, device=device)]
+        prefix_k, prefix_v = self._draft_prefix(block_table, starts)
+        _, _, k, v = self._draft_step(tokens, hidden, positions, None, None, causal.expand(count, -1, -1),
+                                      prefix_k, prefix_v, starts)
+        slots = slots_of(block_table, positions, self.block_size)[valid]
+        self.kv_layout.scatter(self._draft_attn_layer().kv_cache, slots, k[valid], v[valid])
 
     def _first_pass(
         self, target_token_ids, target_positions, target_hidden_states, next_token_ids,
@@ -165,39 +314,48 @@ class EchoProposer(EagleProposer):
         d2t = self.model.draft_id_to_target_id
         return values, (draft_ids + d2t[draft_ids] if d2t is not None else draft_ids)
 
-    def _draft_prefix(self, cad, prefix_lens: torch.Tensor):
-        """The draft layer's K/V of every committed position, [B, P, Hkv, Dh] padded."""
+    def _draft_attn_layer(self):
         (layer_name,) = self._draft_attn_layer_names
         attn_layer = self.vllm_config.compilation_config.static_forward_context[layer_name]
         if self.kv_layout is CPU_PACKED:
             check_isa(attn_layer.isa)
-        slots = prefix_slots(cad.block_table_tensor[: len(prefix_lens)], prefix_lens, self.block_size)
-        k, v = self.kv_layout.gather(attn_layer.kv_cache, slots.flatten())
+        return attn_layer
+
+    def _draft_prefix(self, block_table: torch.Tensor, prefix_lens: torch.Tensor):
+        """The draft layer's K/V of positions 0..prefix_lens-1 of each request, [A, P, Hkv, Dh]
+        padded (block_table [A, nblk]); an empty prefix reads one slot the caller masks out."""
+        slots = prefix_slots(block_table, prefix_lens.clamp(min=1), self.block_size)
+        k, v = self.kv_layout.gather(self._draft_attn_layer().kv_cache, slots.flatten())
         return k.view(*slots.shape, *k.shape[1:]), v.view(*slots.shape, *v.shape[1:])
 
-    def _expand(self, root_logits_hidden, root_hidden, first_positions, root_tokens, cad) -> Tree:
+    def _expand(self, root_logits_hidden, root_hidden, first_positions, root_tokens, cad, caps) -> Tree:
         """Grow each request's candidate pool depth by depth, then select the verified tree.
 
         After each depth the growth policy checks, the requests it stops leave the draft
         batch (one host transfer there, none elsewhere). first_positions [B]: position of a
-        depth-1 node's draft step (= committed length).
+        depth-1 node's draft step (= committed length). caps [B] (host): draft tokens each
+        request may verify; requests capped at 0 never grow.
         """
         topk, steps, policy = self.echo_config.topk, self.echo_config.steps, self.growth_policy
         batch, device = root_hidden.shape[0], root_hidden.device
         depth_of = pool_depths(steps, topk, device)
-        caps = self.tree_sizes(batch).to(device) - 1  # draft tokens each request may verify
         frontier, pool = root_frontier(*self._topk_children(root_logits_hidden, topk))
         growing = _Growing(
             rows=torch.arange(batch, device=device), frontier=frontier,
             parent_hidden=root_hidden.unsqueeze(1).expand(batch, topk, -1),
             first_positions=first_positions.long(), tree_k=None, tree_v=None,
             seen=torch.zeros(batch, topk, 0, dtype=torch.bool, device=device),
-            prefix=self._draft_prefix(cad, first_positions.long()) if steps > 1 else (None, None),
+            prefix=None,
         )
+        if not bool((caps > 0).all()):
+            growing = growing.select((caps > 0).nonzero().flatten().to(device))
+        caps = caps.to(device)
         statistics = []  # per depth [B, S], when recording (the policy is static then)
         for depth in range(1, self._depths_to_draft()):
             if self.recording:
                 statistics.append(torch.stack([gate_statistic(growing.frontier.scores, s) for s in STATISTICS], -1))
+            if growing.rows.numel() == 0:
+                break
             if depth in policy.check_depths:
                 keep = policy.keep_growing(depth, growing.frontier.scores, pool.scores[growing.rows],
                                            depth_of[: pool.scores.shape[1]])
@@ -210,8 +368,13 @@ class EchoProposer(EagleProposer):
                     growing = growing.select(keep_cpu.nonzero().flatten().to(device))
                 if growing.rows.numel() == 0:
                     break
+            if growing.prefix is None:  # gathered once, for the requests that really grow
+                block_table = cad.block_table_tensor[growing.rows]
+                growing = replace(growing, prefix=self._draft_prefix(block_table, growing.first_positions))
             growing, pool = self._grow(growing, pool, depth)
         tree = self._select(pool, root_tokens.long(), caps, depth_of[: pool.scores.shape[1]])
+        node_scores = pool.scores.gather(1, tree.pool_idx.clamp(min=0))
+        self.drafted_values = torch.where(tree.pool_idx >= 0, node_scores.exp(), 0.0)
         if self._elastic_depth():
             self.recent_bought_depths.append(int(tree.depths.max()))
         if self.recording:
@@ -238,14 +401,14 @@ class EchoProposer(EagleProposer):
         count = growing.rows.numel()
         positions = (growing.first_positions + depth - 1).view(count, 1).expand(count, topk)
         prefix_k, prefix_v = growing.prefix
+        eye = torch.eye(topk, dtype=torch.bool, device=positions.device).expand(count, -1, -1)
+        seen_self = torch.cat([growing.seen, eye], dim=2)  # ancestors, then itself
         logits_hidden, hidden, k, v = self._draft_step(
-            growing.frontier, growing.parent_hidden, positions, growing.tree_k, growing.tree_v,
-            growing.seen, prefix_k, prefix_v, growing.first_positions,
+            growing.frontier.tokens, growing.parent_hidden, positions, growing.tree_k, growing.tree_v,
+            seen_self, prefix_k, prefix_v, growing.first_positions,
         )
         tree_k = k if growing.tree_k is None else torch.cat([growing.tree_k, k], dim=1)
         tree_v = v if growing.tree_v is None else torch.cat([growing.tree_v, v], dim=1)
-        eye = torch.eye(topk, dtype=torch.bool, device=k.device).expand(count, -1, -1)
-        seen_self = torch.cat([growing.seen, eye], dim=2)
         top_logprobs, top_tokens = self._topk_children(logits_hidden, topk)
         frontier, pool = expand_frontier(
             growing.frontier, top_logprobs.view(count, topk, topk), top_tokens.view(count, topk, topk),
@@ -267,9 +430,13 @@ class EchoProposer(EagleProposer):
             batch, pool_size = pool.scores.shape
             order = allocation_order(pool.scores, pool.parent_idx, depth_of, caps)
             if budget == "auto":
+                node_values = pool.scores.flatten()[order].exp()
+                self.acceptance_curve.observe(node_values, batch)
+                self.num_drafted_steps += 1
                 # no cost model yet (start-up passes): every node the caps allow
                 budget = None if self.cost_model is None else goodput_budget(
-                    pool.scores.flatten()[order].exp(), batch, self.cost_model, self.draft_seconds)
+                    node_values * self.acceptance_curve.scale, batch, self.cost_model,
+                    self.draft_seconds(batch) + self.step_seconds_besides_drafting(batch))
                 (shared,) = same_on_every_rank([-1 if budget is None else budget])
                 budget = None if shared < 0 else int(shared)
             self.last_budget = budget
@@ -284,19 +451,20 @@ class EchoProposer(EagleProposer):
         return torch.full((batch,), self.echo_config.num_draft_tokens, dtype=torch.int64)
 
     def _draft_step(
-        self, frontier: Frontier, parent_hidden, positions, tree_k, tree_v, seen,
-        prefix_k, prefix_v, prefix_lens,
+        self, tokens, parent_hidden, positions, tree_k, tree_v, mask, prefix_k, prefix_v, prefix_lens,
     ):
-        """One EAGLE-3 draft-layer pass over the frontier nodes (as vLLM's llama_eagle3 layer
-        computes it), attending to prefix + ancestors + self.
+        """One EAGLE-3 draft-layer pass over N new rows per request (as vLLM's llama_eagle3
+        layer computes it), attending to the prefix, then to the earlier tree keys and the
+        new rows' own keys as mask [B, N, M + N] allows.
 
-        Returns the post-norm hidden states (for logits), the hidden states their children
-        take as input, and the nodes' own K and V [B, K, Hkv, Dh].
+        tokens [B, N]; parent_hidden [B, N, Hd] (the hidden state each row takes as input);
+        positions [B, N]. Returns the post-norm hidden states (for logits), the hidden states
+        their children take as input, and the rows' own K and V [B, N, Hkv, Dh].
         """
         layer = self.model.model.layers[0]
         attn = layer.self_attn
-        batch, topk = frontier.tokens.shape
-        embeds = layer.input_layernorm(self.model.model.embed_input_ids(frontier.tokens.flatten()))
+        batch, topk = tokens.shape
+        embeds = layer.input_layernorm(self.model.model.embed_input_ids(tokens.flatten()))
         hidden, residual = layer._residual_norm(hidden_states=parent_hidden.reshape(batch * topk, -1))
         qkv, _ = attn.qkv_proj(torch.cat([embeds, hidden], dim=-1))
         q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
@@ -305,13 +473,9 @@ class EchoProposer(EagleProposer):
         q = q.view(batch, topk, attn.num_heads, attn.head_dim)
         k = k.view(batch, topk, attn.num_kv_heads, attn.head_dim)
         v = v.view(batch, topk, attn.num_kv_heads, attn.head_dim)
-        self_mask = torch.eye(topk, dtype=torch.bool, device=q.device).expand(batch, -1, -1)
         keys = k if tree_k is None else torch.cat([tree_k, k], dim=1)
         values = v if tree_v is None else torch.cat([tree_v, v], dim=1)
-        out = tree_attention(
-            q, keys, values, torch.cat([seen, self_mask], dim=2), prefix_k, prefix_v, prefix_lens,
-            attn.scaling,
-        )
+        out = tree_attention(q, keys, values, mask, prefix_k, prefix_v, prefix_lens, attn.scaling)
         out, _ = attn.o_proj(out.reshape(batch * topk, -1))
         out, residual = layer.post_attention_layernorm(out, residual)
         out = layer.mlp(out)
@@ -331,7 +495,7 @@ class _Growing:
     tree_k: torch.Tensor | None  # [A, M, Hkv, Dh], draft keys of the tree nodes drafted so far
     tree_v: torch.Tensor | None
     seen: torch.Tensor  # [A, K, M] bool, which tree keys are ancestors of each frontier node
-    prefix: tuple  # ([A, P, Hkv, Dh], same) draft K/V of the committed positions, or (None, None)
+    prefix: tuple | None  # ([A, P, Hkv, Dh], same) draft K/V of the committed positions, once needed
 
     def select(self, keep: torch.Tensor) -> "_Growing":
         """The rows at `keep` [A'] (indices into these rows)."""
@@ -341,7 +505,40 @@ class _Growing:
         frontier = Frontier(*(take(getattr(self.frontier, f.name)) for f in fields(Frontier)))
         return _Growing(self.rows[keep], frontier, self.parent_hidden[keep], self.first_positions[keep],
                         take(self.tree_k), take(self.tree_v), self.seen[keep],
-                        tuple(take(t) for t in self.prefix))
+                        None if self.prefix is None else tuple(take(t) for t in self.prefix))
+
+
+@dataclass
+class OwedRows:
+    """First-pass inputs of one request's rows whose draft KV was not written (steps not
+    drafted): consecutive positions start..end-1."""
+
+    start: int
+    end: int = -1
+    tokens: list[torch.Tensor] = field(default_factory=list)  # chunks of [n] (the shifted input ids)
+    hidden: list[torch.Tensor] = field(default_factory=list)  # chunks of [n, Hd] (combined target hidden)
+
+    def __post_init__(self):
+        self.end = self.start if self.end < 0 else self.end
+
+    def add(self, first: int, tokens: torch.Tensor, hidden: torch.Tensor) -> bool:
+        """Rows at positions first..first+n-1. Rows already owed from `first` on are replaced
+        (a request recomputed after preemption). False when the owed rows would leave a hole
+        or exceed MAX_OWED_ROWS: the caller gives the request up."""
+        if first > self.end:
+            return False
+        if first < self.end:
+            kept_tokens, kept_hidden = self.rows_before(first)
+            self.tokens, self.hidden, self.start = [kept_tokens], [kept_hidden], min(self.start, first)
+        self.tokens.append(tokens)
+        self.hidden.append(hidden)
+        self.end = first + len(tokens)
+        return self.end - self.start <= MAX_OWED_ROWS
+
+    def rows_before(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The owed rows at positions below `position`: tokens [n], hidden [n, Hd]."""
+        count = max(0, min(position, self.end) - self.start)
+        return torch.cat(self.tokens)[:count], torch.cat(self.hidden)[:count]
 
 
 def same_on_every_rank(values: list[float]) -> list[float]:

@@ -5,11 +5,14 @@ import math
 import torch
 
 from echo_vllm.core.budget import (
+    AcceptanceCurve,
     CostModel,
+    LinearCost,
     allocate,
     allocation_order,
     goodput_budget,
     most_confident_paths,
+    speculation_pays,
 )
 from echo_vllm.core.tree import pool_depths
 
@@ -93,12 +96,13 @@ def test_cost_model_interpolates_extrapolates_and_stays_monotone():
     assert noisy.seconds.tolist() == [1.0, 1.0, 2.0]
 
 
-def test_cost_model_moves_toward_observed_passes():
+def test_cost_model_scales_its_shape_toward_observed_passes():
     cost = CostModel([8, 32], [1.0, 2.0])
     for _ in range(200):
         cost.observe(32, 3.0)
     assert abs(float(cost(torch.tensor(32))) - 3.0) < 0.01
-    assert float(cost(torch.tensor(8))) == 1.0
+    assert abs(float(cost(torch.tensor(8))) - 1.5) < 0.01  # the same shape, scaled
+    assert abs(cost.to_dict()["seconds"][0] - 1.5) < 0.01
 
 
 def test_goodput_budget_worked_example_and_load():
@@ -107,3 +111,66 @@ def test_goodput_budget_worked_example_and_load():
     # a memory-bound pass (verification nearly free) buys every node
     flat = CostModel([2, 64], [1.0, 1.01])
     assert goodput_budget(torch.tensor([0.9, 0.5, 0.1]), 2, flat, overhead_s=0.0) == 3
+
+
+def test_acceptance_curve_is_per_request_and_predicts_other_batch_sizes():
+    curve = AcceptanceCurve(max_drafts_per_request=2)
+    # 4 requests, 4 nodes bought in order with values .8 .6 .4 .2: per request, one draft
+    # each gains .5; a second draft gains nothing (none drafted)
+    curve.observe(torch.tensor([0.8, 0.6, 0.4, 0.2]), num_requests=4)
+    assert torch.allclose(curve.gains(4, torch.tensor([0, 1, 2, 4, 8])),
+                          torch.tensor([0.0, 0.8, 1.4, 2.0, 2.0], dtype=torch.float64))
+    # 8 requests: the same per-request curve, twice the tokens
+    assert torch.allclose(curve.gains(8, torch.tensor([2, 8])), torch.tensor([1.6, 4.0], dtype=torch.float64))
+    # the EMA moves toward a step that drafted nothing
+    curve.observe(torch.zeros(0), num_requests=4)
+    assert torch.allclose(curve.gains(4, torch.tensor([4])), torch.tensor([1.8], dtype=torch.float64))
+
+
+def test_linear_cost_fits_a_line_and_a_single_point():
+    fit = LinearCost()
+    assert fit(10) is None
+    fit.observe(10, 0.02)
+    fit.observe(10, 0.04)
+    assert 0.02 < fit(64) < 0.04  # one x: the weighted mean, whatever x is asked
+    falling = LinearCost()
+    for x, y in ((1, 0.02), (16, 0.01)):  # e.g. deeper trees drafted at low load
+        falling.observe(x, y)
+    assert falling(64) == falling(1) > 0.01
+    line = LinearCost()
+    for x in (1, 4, 16, 64, 8, 32):
+        line.observe(x, 0.005 + 0.001 * x)
+    assert abs(line(100) - 0.105) < 1e-9 and abs(line(2) - 0.007) < 1e-9
+    assert line(-100) == 0.0
+
+
+def test_speculation_pays_worked_example():
+    curve = AcceptanceCurve(max_drafts_per_request=1)
+    curve.observe(torch.tensor([0.45, 0.45]), num_requests=2)
+    cost = CostModel([2, 3, 4], [1.0, 1.1, 1.2])
+    assert speculation_pays(2, curve, cost, draft_seconds=0.1)
+    assert not speculation_pays(2, curve, cost, draft_seconds=0.5)
+
+
+def test_speculation_stops_paying_as_load_makes_verification_compute_bound():
+    # CPU-like target: fixed cost, then ~linear per token; the draft costs per request
+    cost = CostModel([1, 16, 64, 256], [0.03, 0.05, 0.15, 0.55])
+    curve = AcceptanceCurve(max_drafts_per_request=1)
+    curve.observe(torch.full((8,), 0.4), num_requests=8)
+    draft = LinearCost()
+    for b in (1, 8, 64):
+        draft.observe(b, 0.004 + 0.0003 * b)
+    assert speculation_pays(1, curve, cost, draft(1))
+    assert not speculation_pays(64, curve, cost, draft(64))
+
+
+def test_acceptance_curve_scales_the_drafts_belief_to_what_the_target_accepts():
+    curve = AcceptanceCurve(max_drafts_per_request=1)
+    curve.observe(torch.tensor([0.6, 0.6]), num_requests=2)
+    assert curve.scale == 1.0
+    curve.observe_verified(predicted=1.2, accepted=0)
+    assert curve.scale > 0.7  # the prior: one rejected step does not zero it
+    for _ in range(2000):
+        curve.observe_verified(predicted=12, accepted=10)  # overconfident by 1.2x
+    assert abs(curve.scale - 1 / 1.2) < 2e-3
+    assert torch.allclose(curve.gains(2, torch.tensor([2])), torch.tensor([1.0], dtype=torch.float64), atol=2e-3)

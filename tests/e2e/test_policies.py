@@ -55,6 +55,11 @@ def policy_llm(request, tiny_target, tiny_head, reference):
         "method": "echo", "model": tiny_head, **TREE, **POLICIES[request.param]})
     install_oracle(llm, {tuple(p["prompt_token_ids"]): r for p, r in zip(PROMPTS, reference)})
     llm.collective_rpc(record_draft_totals)
+    if request.param in ("echo-auto", "echo-online"):
+        # The random head's confidence is so low that speculation would never pay and echo
+        # would stop drafting (tests/e2e/test_undrafted_steps.py); here every step drafts,
+        # so that the budget and the gate are what is tested.
+        llm.collective_rpc(lambda wrapper: setattr(wrapper.model_runner.drafter, "_speculation_pays", lambda batch: True))
     yield request.param, llm
     shutdown(llm)
 
