@@ -243,8 +243,11 @@ class EchoRunnerMixin:
 
     def _sample(self, logits, spec_decode_metadata):
         step = self._echo_step
-        if spec_decode_metadata is None or step is None:
-            output = super()._sample(logits, spec_decode_metadata)
+        if step is None:
+            # No drafts this step: vLLM's plain sampler. (vLLM builds spec-decode metadata
+            # for every step; its rejection sampler would copy the logits only to sample
+            # the same tokens.)
+            output = super()._sample(logits, None)
             self._observe_target_pass()
             return output
         self._echo_step = None
