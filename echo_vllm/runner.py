@@ -66,7 +66,8 @@ class PendingTree:
 
     drafts: list[int]  # the draft tokens, in tree order (the root excluded)
     parent_idx: list[int]  # for nodes 0..len(drafts): -1 for the root
-    values: list[float]  # for nodes 0..len(drafts): the draft's path probability (0 for the root)
+    # for nodes 0..len(drafts): the draft's path probability (0 for the root), with the auto budget
+    values: list[float] | None
     # when calibrating: gate statistics by depth [D-1][S], and each node's score rank
     calibration: tuple[list[list[float]], list[int]] | None = None
 
@@ -256,7 +257,8 @@ class EchoRunnerMixin:
             self.sampler, logits, tokens, parents, num_nodes, self.input_batch.sampling_metadata
         )
         self._record_calibration(step, verdicts)
-        self._observe_acceptance(step, verdicts)
+        if self.drafter.auto_budget():
+            self._observe_acceptance(step, verdicts)
         self._calibrate_online(len(step.rows))
         tree, src, dst = accepted_moves(step, verdicts)
         if len(tree):
@@ -276,7 +278,7 @@ class EchoRunnerMixin:
         predicted, accepted = 0.0, 0
         for i, row in enumerate(step.rows):
             pending = self._echo_trees.get(self.input_batch.req_ids[row])
-            if pending is not None:
+            if pending is not None and pending.values is not None:
                 predicted += sum(pending.values[: int(step.num_nodes[i])])
                 accepted += len(verdicts[row].accepted_nodes)
         self.drafter.acceptance_curve.observe_verified(predicted, accepted)
@@ -377,13 +379,14 @@ class EchoRunnerMixin:
             for req_id in self.input_batch.req_ids:
                 self._echo_trees.pop(req_id, None)
             return drafts
-        values = values.tolist()
+        values = None if values is None else values.tolist()
         for row, req_id in enumerate(self.input_batch.req_ids):
             n = int(trees.num_nodes[row])
             recorded = None
             if calibration is not None:
                 recorded = (calibration[0][row].tolist(), calibration[1][row, :n].tolist())
-            self._echo_trees[req_id] = PendingTree(drafts[row], trees.parent_idx[row, :n].tolist(), values[row][:n], recorded)
+            self._echo_trees[req_id] = PendingTree(drafts[row], trees.parent_idx[row, :n].tolist(),
+                                                   None if values is None else values[row][:n], recorded)
         return drafts
 
 

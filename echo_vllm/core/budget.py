@@ -145,9 +145,14 @@ def goodput_budget(node_values: torch.Tensor, num_requests: int, cost: CostModel
     beyond 2, no overhead -> goodput [2, 2.23, 2.13, 1.84] -> G = 1.
     """
     gains = torch.cat([torch.zeros(1, dtype=torch.float64), node_values.to(torch.float64).cpu().cumsum(0)])
+    return int(step_goodputs(num_requests, gains, cost, overhead_s).argmax())
+
+
+def step_goodputs(num_requests: int, gains: torch.Tensor, cost: CostModel, overhead_s: float) -> torch.Tensor:
+    """Expected committed tokens per second of a step, for every budget G = 0..len(gains)-1:
+    (num_requests + gains[G]) / (cost(num_requests + G) + overhead_s); gains[0] = 0."""
     tokens = num_requests + torch.arange(len(gains), dtype=torch.float64)
-    goodput = (num_requests + gains) / (cost(tokens) + overhead_s)
-    return int(goodput.argmax())
+    return (num_requests + gains) / (cost(tokens) + overhead_s)
 
 
 class AcceptanceCurve:
@@ -245,7 +250,7 @@ def speculation_pays(num_requests: int, curve: AcceptanceCurve, cost: CostModel,
     2.9 / 1.7 = 1.71 (and G = 1: 2.45 / 1.6 = 1.53) does not.
     """
     budgets = torch.arange(int(curve.grid[-1] * num_requests) + 1)
-    tokens = (num_requests + budgets).to(torch.float64)
-    step_s = cost(tokens) + step_overhead_s
-    with_speculation = (num_requests + curve.gains(num_requests, budgets)) / (step_s + draft_seconds)
-    return bool(with_speculation.max() > num_requests / float(step_s[0]))
+    with_speculation = step_goodputs(num_requests, curve.gains(num_requests, budgets), cost,
+                                     draft_seconds + step_overhead_s)
+    plain = step_goodputs(num_requests, torch.zeros(1, dtype=torch.float64), cost, step_overhead_s)
+    return bool(with_speculation.max() > plain[0])

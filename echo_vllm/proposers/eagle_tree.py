@@ -164,7 +164,8 @@ class EchoProposer(EagleProposer):
             token_indices_to_sample, common_attn_metadata,
         )
         caps = self.tree_sizes(batch) - 1  # draft tokens each request may verify
-        caps[[i for i, req_id in enumerate(req_ids) if req_id in self.undraftable]] = 0
+        if self.undraftable:
+            caps[[i for i, req_id in enumerate(req_ids) if req_id in self.undraftable]] = 0
         tree = self._expand(root_logits_hidden, root_hidden, root_positions + 1, next_token_ids, cad, caps)
         self.drafted_trees = tree
         drafts = [row[1:n] for row, n in zip(tree.tokens.tolist(), tree.num_nodes.tolist())]
@@ -200,8 +201,7 @@ class EchoProposer(EagleProposer):
         """Echo with the auto budget drafts a step only when speculation is expected to beat
         a plain step at this batch size. Until the target's cost model is measured and
         MIN_DRAFTED_STEPS steps were drafted, it drafts. The same decision on every rank."""
-        if not (self._elastic_depth() and self.echo_config.budget == "auto" and self.cost_model is not None
-                and self.num_drafted_steps >= MIN_DRAFTED_STEPS):
+        if not (self.auto_budget() and self.cost_model is not None and self.num_drafted_steps >= MIN_DRAFTED_STEPS):
             return True
         pays = speculation_pays(batch, self.acceptance_curve, self.cost_model, self.draft_cost(batch),
                                 self.step_seconds_besides_drafting(batch))
@@ -224,7 +224,9 @@ class EchoProposer(EagleProposer):
         for req_id, start, end, first in zip(req_ids, starts, ends, first_positions):
             if req_id in self.undraftable:
                 continue
-            owed = self.owed_rows.get(req_id) or self.owed_rows.setdefault(req_id, OwedRows(first))
+            owed = self.owed_rows.get(req_id)
+            if owed is None:
+                owed = self.owed_rows[req_id] = OwedRows(first)
             if not owed.add(first, self.input_ids[start:end].clone(), self.hidden_states[start:end].clone()):
                 del self.owed_rows[req_id]
                 self.undraftable.add(req_id)
@@ -373,8 +375,10 @@ class EchoProposer(EagleProposer):
                 growing = replace(growing, prefix=self._draft_prefix(block_table, growing.first_positions))
             growing, pool = self._grow(growing, pool, depth)
         tree = self._select(pool, root_tokens.long(), caps, depth_of[: pool.scores.shape[1]])
-        node_scores = pool.scores.gather(1, tree.pool_idx.clamp(min=0))
-        self.drafted_values = torch.where(tree.pool_idx >= 0, node_scores.exp(), 0.0)
+        self.drafted_values = None
+        if self.auto_budget():  # the acceptance scale compares them with what is accepted
+            node_scores = pool.scores.gather(1, tree.pool_idx.clamp(min=0))
+            self.drafted_values = torch.where(tree.pool_idx >= 0, node_scores.exp(), 0.0)
         if self._elastic_depth():
             self.recent_bought_depths.append(int(tree.depths.max()))
         if self.recording:
@@ -387,6 +391,10 @@ class EchoProposer(EagleProposer):
 
     def _elastic_depth(self) -> bool:
         return self.growth_policy.name == "echo" and self.echo_config.budget is not None and not self.recording
+
+    def auto_budget(self) -> bool:
+        """Echo spending a budget it sets itself (and deciding which steps to draft)."""
+        return self._elastic_depth() and self.echo_config.budget == "auto"
 
     def _depths_to_draft(self) -> int:
         """`steps`, or with elastic depth one beyond the deepest node bought lately."""
@@ -514,12 +522,12 @@ class OwedRows:
     drafted): consecutive positions start..end-1."""
 
     start: int
-    end: int = -1
+    end: int = field(init=False)
     tokens: list[torch.Tensor] = field(default_factory=list)  # chunks of [n] (the shifted input ids)
     hidden: list[torch.Tensor] = field(default_factory=list)  # chunks of [n, Hd] (combined target hidden)
 
     def __post_init__(self):
-        self.end = self.start if self.end < 0 else self.end
+        self.end = self.start
 
     def add(self, first: int, tokens: torch.Tensor, hidden: torch.Tensor) -> bool:
         """Rows at positions first..first+n-1. Rows already owed from `first` on are replaced
