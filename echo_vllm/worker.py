@@ -39,9 +39,13 @@ def measure_cost_if_needed(runner: EchoRunnerMixin) -> None:
         runner.measure_target_cost()
 
 
-class CalibrationRPC:
-    """What `echo-vllm calibrate` asks every worker, by method name through
-    `LLM.collective_rpc` (a name needs no pickled function, so no insecure serialization)."""
+class EchoRPC:
+    """What echo's tools ask every worker, by method name through `LLM.collective_rpc` (a
+    name needs no pickled function, so no insecure serialization)."""
+
+    def echo_stats(self) -> dict:
+        """Echo's decisions so far (`EchoProposer.stats`); `echo-vllm bench` reports them."""
+        return self.model_runner.drafter.stats()
 
     def echo_start_calibration(self) -> dict:
         """Record every verification step from now on; returns the measured cost model."""
@@ -64,7 +68,7 @@ class EchoGPUModelRunner(EchoRunnerMixin, GPUModelRunner):
     pass
 
 
-class EchoCPUWorker(CalibrationRPC, CPUWorker):
+class EchoCPUWorker(EchoRPC, CPUWorker):
     def __init__(self, vllm_config: VllmConfig, *args, **kwargs):
         check_all_overrides()
         super().__init__(vllm_config, *args, **kwargs)
@@ -85,7 +89,7 @@ class EchoCPUWorker(CalibrationRPC, CPUWorker):
         return times
 
 
-class EchoGPUWorker(CalibrationRPC, Worker):
+class EchoGPUWorker(EchoRPC, Worker):
     """Not run on a GPU yet: this project's GPU machine cannot hold a full vLLM install."""
 
     def __init__(self, vllm_config: VllmConfig, *args, **kwargs):

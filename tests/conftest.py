@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
 from echo_vllm.assets.models import is_prepared, model_dir  # noqa: E402
-from tiny_models import build_tiny_head, build_tiny_llama  # noqa: E402
+from tiny_models import build_tiny_chat_llama, build_tiny_head, build_tiny_llama  # noqa: E402
 
 # Small, explicit KV cache: several tiny engines may be alive in one test session.
 TINY_ENGINE = dict(
@@ -40,6 +40,17 @@ def smollm2() -> str:
     if not is_prepared("smollm2-135m"):
         pytest.fail("SmolLM2 is not prepared: run scripts/setup.sh (echo-vllm prepare-model smollm2-135m)")
     return str(model_dir("smollm2-135m"))
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_pair(tmp_path_factory, smollm2) -> tuple[str, str]:
+    """A tiny random target with SmolLM2's tokenizer and chat template, and a random head."""
+    from echo_vllm.draft_head import write_random_head
+
+    target = build_tiny_chat_llama(str(tmp_path_factory.mktemp("tiny_chat")), smollm2)
+    head = write_random_head(str(tmp_path_factory.mktemp("head")), target, draft_vocab_size=512, seed=3,
+                             aux_layer_ids=(0, 1, 2))
+    return target, head
 
 
 def random_token_prompts(n: int, vocab: int, min_len: int, max_len: int, seed: int):

@@ -9,23 +9,14 @@ from vllm import LLM, SamplingParams
 from conftest import shutdown
 from echo_vllm import cli
 from echo_vllm.draft_head import write_random_head
-from tiny_models import build_tiny_chat_llama
 
 TREE = {"steps": 3, "topk": 2, "num_draft_tokens": 6}
 ENGINE = dict(dtype="float32", enforce_eager=True, max_model_len=512, kv_cache_memory_bytes=256 << 20)
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory, smollm2):
-    target = build_tiny_chat_llama(str(tmp_path_factory.mktemp("tiny_chat")), smollm2)
-    head = write_random_head(str(tmp_path_factory.mktemp("head")), target, draft_vocab_size=512, seed=3,
-                             aux_layer_ids=(0, 1, 2))
-    return target, head
-
-
-@pytest.fixture(scope="module")
-def calibration(pair, tmp_path_factory):
-    target, head = pair
+def calibration(tiny_chat_pair, tmp_path_factory):
+    target, head = tiny_chat_pair
     out = tmp_path_factory.mktemp("calibration") / "calibration.json"
     argv = ["calibrate", "--target", target, "--draft", head, "--out", str(out), "--num-prompts", "8",
             "--batch-size", "4", "--max-tokens", "16", "--steps", "3", "--topk", "2", "--num-draft-tokens", "6"]
@@ -43,8 +34,8 @@ def test_calibration_file_holds_a_choice_and_its_table(calibration):
     assert all(0.0 <= row["auc"] <= 1.0 for rows in content["table"].values() for row in rows)
 
 
-def test_the_engine_loads_it_and_stays_lossless(pair, calibration):
-    target, head = pair
+def test_the_engine_loads_it_and_stays_lossless(tiny_chat_pair, calibration):
+    target, head = tiny_chat_pair
     prompts = ["Tell me a story", "What is 2 + 2?", "def add(a, b):"]
     greedy = SamplingParams(temperature=0, max_tokens=24)
     plain = LLM(model=target, **ENGINE)
@@ -60,8 +51,8 @@ def test_the_engine_loads_it_and_stays_lossless(pair, calibration):
         shutdown(echo)
 
 
-def test_a_calibration_of_another_head_is_refused(pair, calibration, tmp_path):
-    target, _ = pair
+def test_a_calibration_of_another_head_is_refused(tiny_chat_pair, calibration, tmp_path):
+    target, _ = tiny_chat_pair
     other = write_random_head(str(tmp_path / "other"), target, draft_vocab_size=256, seed=4, aux_layer_ids=(0, 1, 2))
     with pytest.raises(ValueError, match="was measured with draft"):
         LLM(model=target, **ENGINE,

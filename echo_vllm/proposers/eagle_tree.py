@@ -100,6 +100,8 @@ class EchoProposer(EagleProposer):
         self._last_propose: tuple[float, float, set[str]] | None = None  # start, seconds, requests
         self.acceptance_curve = AcceptanceCurve(echo_config.num_draft_tokens - 1)
         self.last_budget: int | None = None
+        self.budget_sum = 0  # over the steps a budget limited (num_budgeted_steps)
+        self.num_budgeted_steps = 0
         # steps drafted with the auto budget, and steps not drafted because speculation
         # did not pay (host-side counts)
         self.num_drafted_steps = 0
@@ -172,6 +174,32 @@ class EchoProposer(EagleProposer):
         self.draft_cost.observe(batch, time.perf_counter() - started)
         self._last_propose = (called, time.perf_counter() - called, set(req_ids))
         return drafts
+
+    def stats(self) -> dict:
+        """What echo decided so far (counters since start-up; callers take differences):
+        its gate as it stands (calibrated online or not), its budget, which steps it drafted,
+        and the inputs of those decisions (acceptance curve, target cost model)."""
+        policy = self.growth_policy
+        curve = self.acceptance_curve
+        return {
+            "policy": policy.name,
+            "gate_statistic": policy.statistic if policy.name == "echo" else None,
+            "judge_depth": list(policy.check_depths),
+            "threshold": list(policy.thresholds),
+            "remaining_num_draft_tokens": policy.stopped_num_draft_tokens,
+            "calibrating": self.online_calibration_steps is not None,
+            "budget": self.echo_config.budget,
+            "budget_sum": self.budget_sum,
+            "num_budgeted_steps": self.num_budgeted_steps,
+            "num_drafted_steps": self.num_drafted_steps,
+            "num_undrafted_steps": self.num_undrafted_steps,
+            "num_gate_checks": self.num_gate_checks,
+            "num_gate_stops": self.num_gate_stops,
+            "acceptance_curve": None if curve.gains_per_request is None else {
+                "drafts_per_request": curve.grid.tolist(),
+                "accepted_per_request": (curve.scale * curve.gains_per_request).tolist()},
+            "cost_model": None if self.cost_model is None else self.cost_model.to_dict(),
+        }
 
     def draft_seconds(self, batch: int) -> float:
         """Expected seconds to draft a step of `batch` requests (0 before any was timed)."""
@@ -448,6 +476,9 @@ class EchoProposer(EagleProposer):
                 (shared,) = same_on_every_rank([-1 if budget is None else budget])
                 budget = None if shared < 0 else int(shared)
             self.last_budget = budget
+            if budget is not None:
+                self.budget_sum += budget
+                self.num_budgeted_steps += 1
             chosen = allocate(order, batch, pool_size, budget)
         else:
             chosen = best_nodes(pool.scores, caps)

@@ -1,0 +1,8 @@
+"""`echo-vllm bench`: the two tables speculative decoding is judged by, side by side.
+
+  plan.py      what to run (methods, datasets, batch sizes), checked before any model loads
+  offline.py   runs through `LLM()`: a plain engine and each method's engine take turns
+  online.py    runs against running `vllm serve` servers (OpenAI client, concurrency N)
+  simulate.py  projects measured acceptance onto a GPU roofline profile (labelled a projection)
+  report.py    the Markdown report, the raw JSON and the PNG plots
+"""
