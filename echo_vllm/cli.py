@@ -59,7 +59,7 @@ def _bench(args: argparse.Namespace) -> None:
                       args.max_tokens, args.repetitions, args.ddd_threshold, args.opt_tree_gain, args.out)
     import vllm
 
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "plan": vars(args) | {"target": plan.target},
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "plan": dict(vars(args)),  # target as given: no local paths
             "command": "echo-vllm " + shlex.join(args.argv), "vllm": vllm.__version__,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"}
     for key in ("run", "argv"):
