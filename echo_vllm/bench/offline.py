@@ -30,7 +30,7 @@ WARM_UP_PROMPTS = 4
 SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
                  "vllm:spec_decode_num_accepted_tokens")
 ECHO_COUNTERS = ("budget_sum", "num_budgeted_steps", "num_drafted_steps", "num_undrafted_steps",
-                 "num_gate_checks", "num_gate_stops")
+                 "num_exploration_steps", "num_gate_checks", "num_gate_stops")
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,8 @@ def echo_decisions(before: dict, after: dict) -> dict:
         "calibrating": after["calibrating"], "budget": after["budget"],
         "mean_budget": delta["budget_sum"] / delta["num_budgeted_steps"] if delta["num_budgeted_steps"] else None,
         "drafted_share": delta["num_drafted_steps"] / steps if steps else None,
+        # of all steps, those drafted only to keep echo's estimates current (exploration)
+        "explored_share": delta["num_exploration_steps"] / steps if steps else None,
         "gate_pass_rate": 1 - delta["num_gate_stops"] / delta["num_gate_checks"] if delta["num_gate_checks"] else None,
         "acceptance_curve": after["acceptance_curve"], "cost_model": after["cost_model"],
     }

@@ -62,7 +62,9 @@ def echo_choice(r: dict) -> str:
     if echo["gate_pass_rate"] is not None:
         parts.append(f"gate pass {echo['gate_pass_rate']:.0%}")
     if echo["drafted_share"] is not None:
-        parts.append(f"drafted {echo['drafted_share']:.0%} of steps")
+        explored = echo.get("explored_share")  # absent from results measured before exploration existed
+        parts.append(f"drafted {echo['drafted_share']:.0%} of steps"
+                     + (f" ({explored:.0%} exploring)" if explored else ""))
     if echo["calibrating"]:
         parts.append("still calibrating")
     return "; ".join(parts)

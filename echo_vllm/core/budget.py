@@ -18,7 +18,9 @@ whether speculation pays at all at this batch size (`speculation_pays`): the exp
 acceptance per request of recent drafted steps (`AcceptanceCurve`), the target cost model and
 the drafting time and the rest of a step's time (scheduling, input preparation: `LinearCost`
 fits, online) give the best goodput with speculation, against the goodput of a plain step.
-When it does not pay, the step drafts nothing.
+When it does not pay, the step drafts nothing, except one step in a while (`Exploration`):
+steps not drafted measure nothing about drafting, so without it an estimate that turned
+pessimistic would stop drafting for good.
 
 Shape key: B requests, P pool nodes per request, M = B*P, G budget (draft tokens).
 """
@@ -254,3 +256,31 @@ def speculation_pays(num_requests: int, curve: AcceptanceCurve, cost: CostModel,
                                      draft_seconds + step_overhead_s)
     plain = step_goodputs(num_requests, torch.zeros(1, dtype=torch.float64), cost, step_overhead_s)
     return bool(with_speculation.max() > plain[0])
+
+
+class Exploration:
+    """When a step echo would not draft is drafted anyway.
+
+    Acceptance is seen only on verified drafts: after a pessimistic turn of the estimates
+    (a hard stretch of traffic, a noisy timing), echo would never draft again and never
+    learn that drafting pays once more. After `interval` steps in a row not drafted, the
+    next one is (an exploration step, which verifies at least one draft per request), so
+    what exploring costs stays near 1/interval of the steps.
+
+    Worked example, interval 2, speculation never paying: steps draft F F T F F T ...
+    """
+
+    def __init__(self, interval: int):
+        self.interval = interval
+        self.undrafted_in_a_row = 0
+
+    def due(self, pays: bool) -> bool:
+        """Whether this step explores (drafts although speculation is not expected to pay)."""
+        if pays:
+            self.undrafted_in_a_row = 0
+            return False
+        if self.undrafted_in_a_row == self.interval:
+            self.undrafted_in_a_row = 0
+            return True
+        self.undrafted_in_a_row += 1
+        return False

@@ -7,6 +7,7 @@ import torch
 from echo_vllm.core.budget import (
     AcceptanceCurve,
     CostModel,
+    Exploration,
     LinearCost,
     allocate,
     allocation_order,
@@ -174,3 +175,11 @@ def test_acceptance_curve_scales_the_drafts_belief_to_what_the_target_accepts():
         curve.observe_verified(predicted=12, accepted=10)  # overconfident by 1.2x
     assert abs(curve.scale - 1 / 1.2) < 2e-3
     assert torch.allclose(curve.gains(2, torch.tensor([2])), torch.tensor([1.0], dtype=torch.float64), atol=2e-3)
+
+
+def test_exploration_drafts_one_step_after_interval_undrafted_and_restarts_when_drafting_pays():
+    exploration = Exploration(interval=2)
+    assert [exploration.due(pays=False) for _ in range(6)] == [False, False, True, False, False, True]
+    assert exploration.due(pays=False) is False
+    assert exploration.due(pays=True) is False  # a step that pays is drafted anyway: no exploration
+    assert [exploration.due(pays=False) for _ in range(3)] == [False, False, True]

@@ -3,13 +3,15 @@ all, greedy output still token-identical to decoding without speculation, and th
 those steps did not write is written, exactly, before the request's next drafted step.
 
 The tiny random head is so unsure of itself that speculation never pays: left alone, echo
-stops drafting. Patterns of drafted and undrafted steps are forced through the drafter's
+stops drafting, but for one exploration step now and then. Patterns of drafted and undrafted steps are forced through the drafter's
 decision (`_speculation_pays`) to exercise the owed rows and their catch-up.
 """
 
 import pytest
 import torch
 from vllm import LLM, SamplingParams
+
+from echo_vllm.proposers.eagle_tree import EXPLORATION_INTERVAL
 
 from conftest import TINY_ENGINE, plain_tokens, random_token_prompts, shutdown, token_ids
 from oracle import install_oracle
@@ -42,10 +44,13 @@ def generate(llm, prompts):
     return token_ids(llm.generate(prompts, GREEDY, use_tqdm=False))
 
 
-def test_a_head_that_never_pays_stops_drafting(echo, reference):
-    for _ in range(2):  # echo drafts its first 32 steps whatever it expects
+def test_a_head_that_never_pays_stops_drafting_but_explores(echo, reference):
+    for _ in range(4):  # echo drafts its first 32 steps whatever it expects
         assert generate(echo, PROMPTS) == reference
-    assert drafter_value(echo, "num_undrafted_steps") > 20
+    undrafted = drafter_value(echo, "num_undrafted_steps")
+    assert undrafted > EXPLORATION_INTERVAL
+    # one step drafted after each EXPLORATION_INTERVAL undrafted ones, to keep its estimates current
+    assert drafter_value(echo, "num_exploration_steps") == undrafted // EXPLORATION_INTERVAL
     assert drafter_value(echo, "owed_rows") == {}  # every request finished: nothing kept
 
 
