@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,21 @@ def model_fingerprint(model_dir: str) -> str:
     return digest.hexdigest()
 
 
+# what every calibration file holds besides its format (CALIBRATED_KEYS, TREE_KEYS and the pair)
+REQUIRED_KEYS = (*TREE_KEYS, *CALIBRATED_KEYS, "models", "fingerprints")
+
+
 def write_calibration(path: str, content: dict[str, Any]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps({"format": FORMAT, **content}, indent=1))
+    """Write atomically: a reader (an engine starting meanwhile, or after a crash mid-write)
+    sees the previous file or the whole new one, never a part."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_name(f".{file.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(json.dumps({"format": FORMAT, **content}, indent=1))
+        os.replace(partial, file)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def read_calibration(path: str) -> dict[str, Any]:
@@ -52,6 +65,13 @@ def read_calibration(path: str) -> dict[str, Any]:
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise ValueError(f"echo-vllm: calibration_file {path!r} is not an echo-vllm calibration "
                          f"(expected format {FORMAT!r})")
+    missing = [key for key in REQUIRED_KEYS if key not in content]
+    roles = [role for role in ("target", "draft")
+             if "models" not in missing and "fingerprints" not in missing
+             and not (role in content["models"] and role in content["fingerprints"])]
+    if missing or roles:
+        raise ValueError(f"echo-vllm: calibration_file {path!r} lacks {missing + [f'fingerprints.{r}' for r in roles]}; "
+                         "make it again with `echo-vllm calibrate`")
     return content
 
 

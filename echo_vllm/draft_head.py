@@ -51,9 +51,42 @@ def read_head_config(path: str) -> dict[str, Any]:
             f"config.json declares architectures {architectures}, not an EAGLE-3 head "
             f"(expected one of {list(EAGLE3_ARCHITECTURES)})",
         )
-    if not any(name.endswith(".safetensors") for name in os.listdir(path)):
+    weight_files = sorted(name for name in os.listdir(path) if name.endswith(".safetensors"))
+    if not weight_files:
         raise _fail(path, "no *.safetensors weights in the directory")
+    for name in weight_files:
+        problem = safetensors_problem(os.path.join(path, name))
+        if problem:
+            raise _fail(path, f"weights file {name!r} is corrupt: {problem}")
     return config
+
+
+def safetensors_problem(file: str) -> str | None:
+    """What is wrong with a safetensors file's layout, from its header alone (None if nothing):
+    an 8-byte little-endian header length, a JSON header of tensors with [begin, end) offsets
+    into the data that follows, which must end where the file ends (a truncated download or
+    copy does not)."""
+    size = os.path.getsize(file)
+    with open(file, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            return f"{size} bytes, shorter than a safetensors header"
+        header_size = int.from_bytes(prefix, "little")
+        if header_size > size - 8:
+            return f"header of {header_size} bytes declared, the file holds {size}"
+        try:
+            header = json.loads(f.read(header_size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return f"header is not JSON ({e})"
+    if not isinstance(header, dict):
+        return "header is not a JSON object"
+    try:
+        data_size = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        return "header has a tensor without data_offsets"
+    if 8 + header_size + data_size != size:
+        return f"header declares {data_size} bytes of tensor data, the file holds {size - 8 - header_size}"
+    return None
 
 
 def check_head_matches_target(path: str, target: TargetShape) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """Every way a `method: echo` config can be wrong gets an error naming the culprit."""
 
+import json
+import pathlib
+
 import pytest
 
 from echo_vllm.calibration_file import write_calibration
@@ -168,3 +171,36 @@ def test_missing_or_foreign_calibration_file_is_refused(tmp_path):
     (tmp_path / "other.json").write_text('{"judge_depth": 2}')
     with pytest.raises(ValueError, match="is not an echo-vllm calibration"):
         parse(calibration_file=str(tmp_path / "other.json"))
+
+
+def test_truncated_or_incomplete_calibration_file_is_refused(tmp_path):
+    whole = open(calibration(tmp_path)).read()
+    (tmp_path / "truncated.json").write_text(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match="truncated.json' is not JSON"):
+        parse(calibration_file=str(tmp_path / "truncated.json"))
+    content = json.loads(whole)
+    del content["threshold"], content["fingerprints"]["draft"]
+    (tmp_path / "incomplete.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=r"incomplete.json' lacks \['threshold', 'fingerprints.draft'\]"):
+        parse(calibration_file=str(tmp_path / "incomplete.json"))
+    del content["fingerprints"]
+    content["threshold"] = [0.3]
+    (tmp_path / "incomplete.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=r"lacks \['fingerprints'\]"):
+        parse(calibration_file=str(tmp_path / "incomplete.json"))
+
+
+def test_calibration_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = calibration(tmp_path)
+    before = open(path).read()
+    write_text = pathlib.Path.write_text
+
+    def crash_halfway(self, text):
+        write_text(self, text[: len(text) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", crash_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        calibration(tmp_path, threshold=[0.9])
+    assert open(path).read() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["calibration.json"]

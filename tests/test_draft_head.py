@@ -55,6 +55,40 @@ def test_head_without_weights(tmp_path, tiny_head):
         check_head_matches_target(str(tmp_path), TARGET)
 
 
+def head_with_weights(tmp_path, tiny_head, weights: bytes) -> str:
+    (tmp_path / "config.json").write_text(open(os.path.join(tiny_head, "config.json")).read())
+    (tmp_path / "model.safetensors").write_bytes(weights)
+    return str(tmp_path)
+
+
+def tiny_head_weights(tiny_head) -> bytes:
+    (name,) = [n for n in os.listdir(tiny_head) if n.endswith(".safetensors")]
+    return open(os.path.join(tiny_head, name), "rb").read()
+
+
+def test_truncated_weights(tmp_path, tiny_head):
+    weights = tiny_head_weights(tiny_head)
+    head = head_with_weights(tmp_path, tiny_head, weights[:-100])
+    with pytest.raises(ValueError, match=r"weights file 'model.safetensors' is corrupt: header declares \d+ bytes"):
+        check_head_matches_target(head, TARGET)
+
+
+def with_header(header: bytes) -> bytes:
+    return len(header).to_bytes(8, "little") + header
+
+
+@pytest.mark.parametrize("weights, problem", [
+    (b"", "0 bytes, shorter than a safetensors header"),
+    ((1 << 40).to_bytes(8, "little") + b"{}", "header of 1099511627776 bytes declared"),
+    (with_header(b"\xff{}}"), "header is not JSON"),
+    (with_header(b"[]"), "header is not a JSON object"),
+    (with_header(b'{"w": {"dtype": "F32"}}'), "header has a tensor without data_offsets"),
+])
+def test_corrupt_weights(tmp_path, tiny_head, weights, problem):
+    with pytest.raises(ValueError, match=f"weights file 'model.safetensors' is corrupt: {problem}"):
+        check_head_matches_target(head_with_weights(tmp_path, tiny_head, weights), TARGET)
+
+
 def test_hidden_size_mismatch(tmp_path, tiny_head):
     head = edited_head(tmp_path, tiny_head, hidden_size=96)
     with pytest.raises(ValueError, match="hidden states of size 96, but the target's hidden_size is 128"):
