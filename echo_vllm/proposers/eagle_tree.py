@@ -19,6 +19,7 @@ Shape key: B requests, K topk, Hd draft hidden size, H/Hkv heads, Dh head size, 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
@@ -33,6 +34,7 @@ from echo_vllm.config import EchoConfig
 from echo_vllm.core.budget import (
     AcceptanceCurve,
     CostModel,
+    Exploration,
     LinearCost,
     allocate,
     allocation_order,
@@ -73,6 +75,11 @@ MAX_OWED_ROWS = 256
 # not worth drafting: its estimates must not rest on the first, noisiest steps, since steps
 # it does not draft measure nothing about drafting.
 MIN_DRAFTED_STEPS = 32
+# Draft tokens all rejected after which echo warns that the head may not fit the target.
+NO_ACCEPTANCE_WARNING_DRAFTS = 1000
+# Undrafted steps in a row after which one is drafted anyway (core.budget.Exploration): at
+# most ~1/64 of the steps pay for drafting that was not expected to pay.
+EXPLORATION_INTERVAL = 64
 
 
 def kv_layout_of(device: torch.device) -> KvLayout:
@@ -106,6 +113,14 @@ class EchoProposer(EagleProposer):
         # did not pay (host-side counts)
         self.num_drafted_steps = 0
         self.num_undrafted_steps = 0
+        self.num_verified_drafts = 0  # draft tokens the target verified, and accepted
+        self.num_accepted_drafts = 0
+        # request-steps whose draft scores were NaN or infinite (a broken head): no drafts verified
+        self.num_broken_drafts = 0
+        self.num_broken_drafts_pending: torch.Tensor | int = 0
+        self.exploration = Exploration(EXPLORATION_INTERVAL)
+        self.exploring = False  # this step drafts although speculation was not expected to pay
+        self.num_exploration_steps = 0
         # by request id: first-pass inputs whose draft KV is owed; requests with a hole
         self.owed_rows: dict[str, OwedRows] = {}
         self.undraftable: set[str] = set()
@@ -171,9 +186,33 @@ class EchoProposer(EagleProposer):
         tree = self._expand(root_logits_hidden, root_hidden, root_positions + 1, next_token_ids, cad, caps)
         self.drafted_trees = tree
         drafts = [row[1:n] for row, n in zip(tree.tokens.tolist(), tree.num_nodes.tolist())]
+        self._count_broken_drafts(batch)
         self.draft_cost.observe(batch, time.perf_counter() - started)
         self._last_propose = (called, time.perf_counter() - called, set(req_ids))
         return drafts
+
+    def _count_broken_drafts(self, batch: int) -> None:
+        """Warn (once) when the head's outputs were not numbers: those requests decode without
+        speculation. The device work is done by now (the drafts reached the host): no stall."""
+        broken = int(self.num_broken_drafts_pending)
+        if broken and not self.num_broken_drafts:
+            logger.warning("echo-vllm: the draft head produced NaN or infinite scores for %d of %d requests; "
+                           "they verify no drafts (decoding stays exact, without speculation's gain). "
+                           "Check the head's checkpoint.", broken, batch)
+        self.num_broken_drafts += broken
+
+    def count_verified(self, drafts: int, accepted: int) -> None:
+        """Draft tokens verified and accepted in one step; warns (once) when the target has
+        rejected every one of the first NO_ACCEPTANCE_WARNING_DRAFTS (a head of another target?)."""
+        before = self.num_verified_drafts
+        self.num_verified_drafts += drafts
+        self.num_accepted_drafts += accepted
+        if self.num_accepted_drafts == 0 and before < NO_ACCEPTANCE_WARNING_DRAFTS <= self.num_verified_drafts:
+            logger.warning(
+                "echo-vllm: the target rejected all of the head's first %d draft tokens: is it a head for this "
+                "target? Decoding stays exact; %s", self.num_verified_drafts,
+                "echo's auto budget drafts only where it pays (now almost never)" if self.auto_budget()
+                else "with this policy every step still drafts and verifies (budget 'auto' would stop it)")
 
     def stats(self) -> dict:
         """What echo decided so far (counters since start-up; callers take differences):
@@ -193,6 +232,8 @@ class EchoProposer(EagleProposer):
             "num_budgeted_steps": self.num_budgeted_steps,
             "num_drafted_steps": self.num_drafted_steps,
             "num_undrafted_steps": self.num_undrafted_steps,
+            "num_exploration_steps": self.num_exploration_steps,
+            "num_broken_drafts": self.num_broken_drafts,
             "num_gate_checks": self.num_gate_checks,
             "num_gate_stops": self.num_gate_stops,
             "acceptance_curve": None if curve.gains_per_request is None else {
@@ -228,13 +269,17 @@ class EchoProposer(EagleProposer):
     def _speculation_pays(self, batch: int) -> bool:
         """Echo with the auto budget drafts a step only when speculation is expected to beat
         a plain step at this batch size. Until the target's cost model is measured and
-        MIN_DRAFTED_STEPS steps were drafted, it drafts. The same decision on every rank."""
+        MIN_DRAFTED_STEPS steps were drafted, it drafts; and it explores now and then (see
+        core.budget.Exploration). The same decision on every rank."""
+        self.exploring = False
         if not (self.auto_budget() and self.cost_model is not None and self.num_drafted_steps >= MIN_DRAFTED_STEPS):
             return True
         pays = speculation_pays(batch, self.acceptance_curve, self.cost_model, self.draft_cost(batch),
                                 self.step_seconds_besides_drafting(batch))
         (shared,) = same_on_every_rank([float(pays)])
-        return bool(shared)
+        self.exploring = self.exploration.due(bool(shared))
+        self.num_exploration_steps += self.exploring
+        return bool(shared) or self.exploring
 
     def _owe_first_pass(self, req_ids, target_token_ids, target_positions, target_hidden_states,
                         next_token_ids, token_indices_to_sample, cad) -> None:
@@ -402,6 +447,12 @@ class EchoProposer(EagleProposer):
                 block_table = cad.block_table_tensor[growing.rows]
                 growing = replace(growing, prefix=self._draft_prefix(block_table, growing.first_positions))
             growing, pool = self._grow(growing, pool, depth)
+        # A head that outputs NaN (a corrupt or diverged checkpoint) must not steer the budget,
+        # the gate or the acceptance curve: such a request verifies no draft this step.
+        broken = pool.scores.isnan().any(dim=1) | pool.scores.isposinf().any(dim=1)
+        pool = replace(pool, scores=pool.scores.masked_fill(broken.unsqueeze(1), -math.inf))
+        caps = caps.masked_fill(broken, 0)
+        self.num_broken_drafts_pending = broken.sum()  # read after the drafts' host transfer
         tree = self._select(pool, root_tokens.long(), caps, depth_of[: pool.scores.shape[1]])
         self.drafted_values = None
         if self.auto_budget():  # the acceptance scale compares them with what is accepted
@@ -473,6 +524,8 @@ class EchoProposer(EagleProposer):
                 budget = None if self.cost_model is None else goodput_budget(
                     node_values * self.acceptance_curve.scale, batch, self.cost_model,
                     self.draft_seconds(batch) + self.step_seconds_besides_drafting(batch))
+                if budget is not None and self.exploring:
+                    budget = max(budget, batch)  # measure at least one draft per request
                 (shared,) = same_on_every_rank([-1 if budget is None else budget])
                 budget = None if shared < 0 else int(shared)
             self.last_budget = budget

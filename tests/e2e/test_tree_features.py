@@ -90,6 +90,21 @@ def test_max_tokens_and_stop_tokens_inside_accepted_paths(echo, plain):
     assert any(len(e) < s.max_tokens for e, s in zip(expected, params))  # some stopped early
 
 
+def test_requests_up_to_the_context_limit(echo, plain, references):
+    # prompts ending 1-24 tokens before max_model_len, generating up to it: the last trees of
+    # each request would cross the limit (the oracle makes them deep enough to)
+    limit = TINY_ENGINE["max_model_len"]
+    rng = random.Random(3)
+    prompts = [{"prompt_token_ids": [rng.randrange(TINY["vocab_size"]) for _ in range(limit - room)]}
+               for room in range(1, 25)]
+    params = [SamplingParams(temperature=0.0, max_tokens=limit - len(p["prompt_token_ids"]), ignore_eos=True)
+              for p in prompts]
+    expected = token_ids(plain.generate(prompts, params, use_tqdm=False))
+    assert [len(e) for e in expected] == [s.max_tokens for s in params]
+    install_oracle(echo, {**references, **{tuple(p["prompt_token_ids"]): e for p, e in zip(prompts, expected)}})
+    assert token_ids(echo.generate(prompts, params, use_tqdm=False)) == expected
+
+
 def test_n_greater_than_one(echo, plain):
     params = SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=24, ignore_eos=True)
     ours = echo.generate(PROMPTS[:4], params, use_tqdm=False)
