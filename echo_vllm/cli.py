@@ -122,6 +122,31 @@ def _bench_projection(args: argparse.Namespace) -> None:
     print((out / "projection.md").read_text())
 
 
+def _soak(args: argparse.Namespace) -> None:
+    import json
+    import os
+
+    from echo_vllm.config import parse_echo_config
+    from echo_vllm.soak import soak, summary
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        config = json.loads(args.speculative_config)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"echo-vllm soak: --speculative-config is not JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError("echo-vllm soak: --speculative-config must be a JSON object")
+    parse_echo_config(config)  # a bad config is refused here, before any server starts
+    if not 0.0 <= args.cancel_share <= 1.0:
+        raise ValueError(f"echo-vllm soak: --cancel-share must be in [0, 1], got {args.cancel_share}")
+    report = soak(_target_dir(args.target), config, args.out, args.requests, args.clients, args.cancel_share,
+                  args.max_model_len, args.kv_cache_mib << 20, args.seed)
+    print(summary(report))
+    print(f"wrote {args.out}/soak.json")
+    if report["problems"]:
+        raise RuntimeError(f"echo-vllm soak: {len(report['problems'])} check(s) failed")
+
+
 def _target_dir(target: str) -> str:
     from echo_vllm.assets.models import MODELS, model_dir
 
@@ -226,6 +251,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resume", action="store_true",
                        help="add to the results.json already in --out (same plan): only what it lacks is measured")
     bench.set_defaults(run=_bench)
+
+    soak = commands.add_parser(
+        "soak",
+        help="many concurrent clients (mixed sampling, n, stop strings, cancellations, prompts up to the "
+        "context limit) against `vllm serve` with echo and a KV cache that forces preemption; checks "
+        "nothing is lost, greedy answers equal no speculation's, no crash, no memory growth",
+    )
+    soak.add_argument("--target", default="smollm2-135m", help=f"a model directory or one of {sorted(MODELS)}")
+    soak.add_argument("--speculative-config", required=True,
+                      help='the JSON given to vllm serve, e.g. \'{"method": "echo", "model": "HEAD"}\'')
+    soak.add_argument("--requests", type=_positive, default=500)
+    soak.add_argument("--clients", type=_positive, default=32, help="concurrent clients")
+    soak.add_argument("--cancel-share", type=float, default=0.2, help="requests closed mid-stream")
+    soak.add_argument("--max-model-len", type=_positive, default=1024)
+    soak.add_argument("--kv-cache-mib", type=_positive, default=96,
+                      help="the echo server's KV cache (small, to force preemption)")
+    soak.add_argument("--seed", type=int, default=0, help="draws the requests")
+    soak.add_argument("--out", default="bench-out/soak", help="directory for soak.json and the server logs")
+    soak.set_defaults(run=_soak)
     return parser
 
 

@@ -257,7 +257,7 @@ class EchoRunnerMixin:
             self.sampler, logits, tokens, parents, num_nodes, self.input_batch.sampling_metadata
         )
         self._record_calibration(step, verdicts)
-        self.drafter.count_verified(int(num_nodes.sum()) - len(num_nodes),
+        self.drafter.count_verified(int((num_nodes > 1).sum()), int(num_nodes.sum()) - len(num_nodes),
                                     sum(len(v.accepted_nodes) for v in verdicts))
         if self.drafter.auto_budget():
             self._observe_acceptance(step, verdicts)

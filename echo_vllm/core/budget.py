@@ -53,14 +53,16 @@ def most_confident_paths(pool_scores: torch.Tensor, parent_idx: torch.Tensor, po
 
 
 def allocation_order(pool_scores: torch.Tensor, parent_idx: torch.Tensor, pool_depth: torch.Tensor,
-                     caps: torch.Tensor) -> torch.Tensor:
+                     caps: torch.Tensor, path: torch.Tensor | None = None) -> torch.Tensor:
     """[L] flat indices (b * P + p) of the nodes a budget may buy, in the order it buys them:
     most-confident-path nodes first, then the rest; each group by score, then depth. Each
     request appears at most caps[b] times. Any prefix of the order is closed under parents
-    (a parent is on the path whenever its child is, and scores at least as high)."""
+    (a parent is on the path whenever its child is, and scores at least as high). `path`:
+    most_confident_paths of the same pool, when the caller has it already."""
     batch, pool_size = pool_scores.shape
     drafted = torch.isfinite(pool_scores)
-    path = most_confident_paths(pool_scores, parent_idx, pool_depth)
+    if path is None:
+        path = most_confident_paths(pool_scores, parent_idx, pool_depth)
     group = torch.where(path, 0, torch.where(drafted, 1, 2)).flatten()
     depth = pool_depth.expand(batch, pool_size).flatten()
     order = torch.argsort(depth, stable=True)

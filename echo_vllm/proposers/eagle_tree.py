@@ -39,6 +39,7 @@ from echo_vllm.core.budget import (
     allocate,
     allocation_order,
     goodput_budget,
+    most_confident_paths,
     speculation_pays,
 )
 from echo_vllm.core.gating import (
@@ -113,7 +114,10 @@ class EchoProposer(EagleProposer):
         # did not pay (host-side counts)
         self.num_drafted_steps = 0
         self.num_undrafted_steps = 0
-        self.num_verified_drafts = 0  # draft tokens the target verified, and accepted
+        # verification steps, trees with drafts verified, their draft tokens, and those accepted
+        self.num_verified_steps = 0
+        self.num_verified_trees = 0
+        self.num_verified_drafts = 0
         self.num_accepted_drafts = 0
         # request-steps whose draft scores were NaN or infinite (a broken head): no drafts verified
         self.num_broken_drafts = 0
@@ -131,6 +135,11 @@ class EchoProposer(EagleProposer):
         # gate decisions so far (host-side counts, read by logs and tests)
         self.num_gate_checks = 0
         self.num_gate_stops = 0
+        self.gate_by_depth: dict[int, list[int]] = {}  # judge depth -> [checks, stops]
+        # nodes the budget bought on the requests' most confident paths (go deep) and in all;
+        # device scalars, read by stats() only (no host transfer per step)
+        self.nodes_bought_deep: torch.Tensor | int = 0
+        self.nodes_bought: torch.Tensor | int = 0
         # Sweet-Spot calibration (echo-vllm calibrate): with recording on, every step also
         # yields each request's gate statistics by depth and its tree nodes' score ranks.
         self.recording = False
@@ -201,10 +210,13 @@ class EchoProposer(EagleProposer):
                            "Check the head's checkpoint.", broken, batch)
         self.num_broken_drafts += broken
 
-    def count_verified(self, drafts: int, accepted: int) -> None:
-        """Draft tokens verified and accepted in one step; warns (once) when the target has
-        rejected every one of the first NO_ACCEPTANCE_WARNING_DRAFTS (a head of another target?)."""
+    def count_verified(self, trees: int, drafts: int, accepted: int) -> None:
+        """One verification step: trees with drafts, their draft tokens, those accepted. Warns
+        (once) when the target has rejected every one of the first NO_ACCEPTANCE_WARNING_DRAFTS
+        (a head of another target?)."""
         before = self.num_verified_drafts
+        self.num_verified_steps += trees > 0
+        self.num_verified_trees += trees
         self.num_verified_drafts += drafts
         self.num_accepted_drafts += accepted
         if self.num_accepted_drafts == 0 and before < NO_ACCEPTANCE_WARNING_DRAFTS <= self.num_verified_drafts:
@@ -236,6 +248,13 @@ class EchoProposer(EagleProposer):
             "num_broken_drafts": self.num_broken_drafts,
             "num_gate_checks": self.num_gate_checks,
             "num_gate_stops": self.num_gate_stops,
+            "gate_by_depth": {depth: list(counts) for depth, counts in self.gate_by_depth.items()},
+            "num_verified_steps": self.num_verified_steps,
+            "num_verified_trees": self.num_verified_trees,
+            "num_verified_drafts": self.num_verified_drafts,
+            "num_accepted_drafts": self.num_accepted_drafts,
+            "nodes_bought": int(self.nodes_bought),
+            "nodes_bought_deep": int(self.nodes_bought_deep),
             "acceptance_curve": None if curve.gains_per_request is None else {
                 "drafts_per_request": curve.grid.tolist(),
                 "accepted_per_request": (curve.scale * curve.gains_per_request).tolist()},
@@ -435,8 +454,12 @@ class EchoProposer(EagleProposer):
                 keep = policy.keep_growing(depth, growing.frontier.scores, pool.scores[growing.rows],
                                            depth_of[: pool.scores.shape[1]])
                 keep_cpu = keep.cpu()  # the one host transfer of this depth
+                stops = int((~keep_cpu).sum())
                 self.num_gate_checks += keep_cpu.numel()
-                self.num_gate_stops += int((~keep_cpu).sum())
+                self.num_gate_stops += stops
+                checked = self.gate_by_depth.setdefault(depth, [0, 0])
+                checked[0] += keep_cpu.numel()
+                checked[1] += stops
                 if not bool(keep_cpu.all()):
                     stopped = growing.rows[~keep_cpu.to(device)]
                     caps[stopped] = caps[stopped].clamp(max=policy.stopped_num_draft_tokens - 1)
@@ -515,7 +538,8 @@ class EchoProposer(EagleProposer):
         budget = self.echo_config.budget
         if self.growth_policy.name == "echo" and budget is not None and not self.recording:
             batch, pool_size = pool.scores.shape
-            order = allocation_order(pool.scores, pool.parent_idx, depth_of, caps)
+            on_paths = most_confident_paths(pool.scores, pool.parent_idx, depth_of)
+            order = allocation_order(pool.scores, pool.parent_idx, depth_of, caps, on_paths)
             if budget == "auto":
                 node_values = pool.scores.flatten()[order].exp()
                 self.acceptance_curve.observe(node_values, batch)
@@ -533,6 +557,8 @@ class EchoProposer(EagleProposer):
                 self.budget_sum += budget
                 self.num_budgeted_steps += 1
             chosen = allocate(order, batch, pool_size, budget)
+            self.nodes_bought = self.nodes_bought + chosen.sum()
+            self.nodes_bought_deep = self.nodes_bought_deep + (chosen & on_paths).sum()
         else:
             chosen = best_nodes(pool.scores, caps)
         return tree_from_chosen(pool, root_tokens, chosen)

@@ -85,9 +85,9 @@ def is_applied(patch: VllmPatch) -> bool:
 
 def all_patches() -> list[VllmPatch]:
     """The registry: every patch echo applies, in application order."""
-    from echo_vllm.scheduler_patches import patch_arg_utils, patch_config, patch_input_processor
+    from echo_vllm.scheduler_patches import patch_arg_utils, patch_async_llm, patch_config, patch_input_processor
 
-    return [patch_arg_utils.PATCH, patch_input_processor.PATCH, patch_config.PATCH]
+    return [patch_arg_utils.PATCH, patch_input_processor.PATCH, patch_config.PATCH, patch_async_llm.PATCH]
 
 
 @dataclass(frozen=True)

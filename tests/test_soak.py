@@ -1,0 +1,41 @@
+"""The soak's request mix (drawn without a server)."""
+
+from echo_vllm.soak import Outcome, make_requests, problems
+
+TEXTS = ["Tell me a story.", "def f(x):", "What is 2 + 2?"]
+POOL = list(range(5000))
+
+
+def test_the_mix_is_seeded_and_covers_what_the_soak_must_exercise():
+    requests = make_requests(400, TEXTS, POOL, max_model_len=1024, cancel_share=0.2, seed=3)
+    assert requests == make_requests(400, TEXTS, POOL, max_model_len=1024, cancel_share=0.2, seed=3)
+    cancelled = [r for r in requests if r.cancel_after_chunks is not None]
+    assert 50 < len(cancelled) < 110 and all(r.stream for r in cancelled)
+    long = [r for r in requests if isinstance(r.prompt, list)]
+    assert long and all(len(r.prompt) + r.params["max_tokens"] == 1024 for r in long)  # answers fill the context
+    sampled = [r for r in requests if not r.greedy]
+    assert {r.params["n"] for r in sampled} == {1, 2, 3}
+    assert {r.params["extra_body"]["top_k"] for r in sampled} == {-1, 1, 8, 64}
+    assert {r.params["top_p"] for r in sampled} == {1.0, 0.9, 0.5}
+    assert any("seed" in r.params for r in sampled) and any("seed" not in r.params for r in sampled)
+    assert any("stop" in r.params for r in requests if r.greedy)
+    assert any(r.stream for r in requests if r.greedy) and any(not r.stream for r in requests if r.greedy)
+
+
+def test_completion_needs_every_choice_finished():
+    assert Outcome(texts={0: "a", 1: "b"}, finish_reasons={0: "stop", 1: "length"}).completed(2)
+    assert not Outcome(texts={0: "a"}, finish_reasons={0: "stop"}).completed(2)
+    assert not Outcome(finish_reasons={0: None}).completed(1)
+    assert not Outcome(finish_reasons={0: "stop"}, cancelled=True).completed(1)
+    assert not Outcome(finish_reasons={0: "stop"}, error="APIError: boom").completed(1)
+
+
+def test_problems_name_what_failed():
+    report = {"server_alive_at_end": True, "crash_log_lines": [], "incomplete": [], "errors": [],
+              "greedy_mismatches": [], "rss_mib": {"after_half": 1000.0, "end": 1040.0}}
+    assert problems(report) == []
+    report.update(greedy_mismatches=[4, 9], incomplete=[3], rss_mib={"after_half": 1000.0, "end": 1100.0},
+                  server_alive_at_end=False)
+    found = problems(report)
+    assert len(found) == 4
+    assert "2 greedy answers differ" in found[2] and "1000 -> 1100 MiB" in found[3]
