@@ -95,7 +95,10 @@ def _previous_results(args: argparse.Namespace, meta: dict) -> dict | None:
     differing = [k for k in RESUME_KEYS if saved["meta"]["plan"].get(k) != meta["plan"].get(k)]
     if differing:
         raise ValueError(f"echo-vllm bench: --resume: {path} was measured with other {differing}")
-    meta["resumed_from"] = saved["meta"]["date"]
+    # every invocation that measured into these results, oldest first
+    meta["invocations"] = saved["meta"].get("invocations", [{"date": saved["meta"]["date"],
+                                                             "command": saved["meta"]["command"]}])
+    meta["invocations"].append({"date": meta["date"], "command": meta["command"]})
     return saved["results"]
 
 

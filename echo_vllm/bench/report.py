@@ -129,7 +129,9 @@ def markdown(results: dict, meta: dict) -> str:
            f"Greedy, {plan['max_tokens']} output tokens per request (ignore_eos); median of "
            f"{plan['repetitions']} runs interleaved with no speculation (min-max in brackets); every ratio "
            "compares a method's runs with the plain runs taken in turn with them.", "",
-           f"Command: `{meta['command']}`", ""]
+           *([f"Command: `{meta['command']}`"] if "invocations" not in meta else
+             ["Commands (one run, resumed):", "", *(f"- {i['date']}: `{i['command']}`" for i in meta["invocations"])]),
+           ""]
     if results["latency"]:
         out += ["## Table 1: latency, batch size 1", "",
                 f"The first {plan['latency_prompts']} prompts of each set, one after another.", "",

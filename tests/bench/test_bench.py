@@ -150,3 +150,12 @@ def test_results_are_never_overwritten_and_resume_only_the_same_plan(tmp_path, c
     assert "already holds results.json; pass --resume" in capsys.readouterr().err
     assert cli.main([*argv, "--resume"]) == 1
     assert "was measured with other ['target', 'head', 'max_tokens', 'latency_prompts'" in capsys.readouterr().err
+
+
+def test_a_resumed_run_lists_every_invocation():
+    first = {**META, "date": "d1", "command": "echo-vllm bench --methods echo"}
+    resumed = {**META, "invocations": [{"date": "d1", "command": "echo-vllm bench --methods echo"},
+                                       {"date": "d2", "command": "echo-vllm bench --methods static --resume"}]}
+    assert "Command: `echo-vllm bench --methods echo`" in markdown(MADE_UP, first)
+    assert ("- d1: `echo-vllm bench --methods echo`\n- d2: `echo-vllm bench --methods static --resume`"
+            in markdown(MADE_UP, resumed))
