@@ -1,4 +1,4 @@
-"""A client for examples/serve.sh: one streamed chat answer, then 16 concurrent completions.
+"""A client for examples/serve.sh: one streamed chat answer, then 16 concurrent chat answers.
 
     .venv/bin/python examples/client.py [--url http://127.0.0.1:8000]
 """
@@ -13,12 +13,13 @@ from openai import AsyncOpenAI, OpenAI
 MODEL = "smollm2-135m"  # --served-model-name in serve.sh
 
 
-async def concurrent_completions(url: str, prompts: list[str]) -> list[str]:
+async def concurrent_answers(url: str, questions: list[str]) -> list[str]:
     client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
     responses = await asyncio.gather(*(
-        client.completions.create(model=MODEL, prompt=p, max_tokens=32, temperature=0) for p in prompts))
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": q}], max_tokens=32,
+                                       temperature=0) for q in questions))
     await client.close()
-    return [r.choices[0].text for r in responses]
+    return [r.choices[0].message.content for r in responses]
 
 
 def main() -> None:
@@ -33,9 +34,9 @@ def main() -> None:
     for chunk in stream:
         print(chunk.choices[0].delta.content or "", end="", flush=True)
     print()
-    prompts = [f"Question {i}: what is {i} times {i + 1}? Answer:" for i in range(16)]
-    for prompt, text in zip(prompts, asyncio.run(concurrent_completions(args.url, prompts))):
-        print(f"{prompt}{text!r}")
+    questions = [f"What is {i} times {i + 1}?" for i in range(16)]
+    for question, answer in zip(questions, asyncio.run(concurrent_answers(args.url, questions))):
+        print(f"{question} -> {answer!r}")
 
 
 if __name__ == "__main__":
