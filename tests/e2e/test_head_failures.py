@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from vllm import LLM, SamplingParams
 
-from conftest import TINY_ENGINE, random_token_prompts, shutdown, token_ids
+from conftest import TINY_ENGINE, drafter_value, random_token_prompts, shutdown, token_ids
 from echo_vllm.proposers.eagle_tree import NO_ACCEPTANCE_WARNING_DRAFTS
 from tiny_models import TINY
 
@@ -19,18 +19,6 @@ PROMPTS = random_token_prompts(16, TINY["vocab_size"], min_len=1, max_len=100, s
 GREEDY = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
 SEEDED = SamplingParams(temperature=0.8, top_p=0.9, seed=5, max_tokens=32, ignore_eos=True)
 TREE = {"steps": 3, "topk": 4, "num_draft_tokens": 8}
-
-
-def drafter_value(llm, name):
-    (value,) = llm.collective_rpc(lambda wrapper: getattr(wrapper.model_runner.drafter, name))
-    return value
-
-
-@pytest.fixture(scope="module")
-def plain(tiny_target):
-    llm = LLM(model=tiny_target, **TINY_ENGINE)
-    yield llm
-    shutdown(llm)
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,6 @@ def echo_engine(target, head, **engine):
 
 
 @pytest.fixture(scope="module")
-def plain(tiny_target):
-    llm = LLM(model=tiny_target, **TINY_ENGINE)
-    yield llm
-    shutdown(llm)
-
-
-@pytest.fixture(scope="module")
 def references(plain):
     return {tuple(p["prompt_token_ids"]): r for p, r in zip(PROMPTS, token_ids(plain.generate(PROMPTS, GREEDY, use_tqdm=False)))}
 

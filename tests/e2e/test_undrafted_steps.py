@@ -13,7 +13,7 @@ from vllm import LLM, SamplingParams
 
 from echo_vllm.proposers.eagle_tree import EXPLORATION_INTERVAL
 
-from conftest import TINY_ENGINE, plain_tokens, random_token_prompts, shutdown, token_ids
+from conftest import TINY_ENGINE, drafter_value, plain_tokens, random_token_prompts, shutdown, token_ids
 from oracle import install_oracle
 from tiny_models import TINY
 
@@ -33,11 +33,6 @@ def echo(tiny_target, tiny_head, reference):
     install_oracle(llm, {tuple(p["prompt_token_ids"]): r for p, r in zip(PROMPTS, reference)})
     yield llm
     shutdown(llm)
-
-
-def drafter_value(llm, name):
-    (value,) = llm.collective_rpc(lambda wrapper: getattr(wrapper.model_runner.drafter, name))
-    return value
 
 
 def generate(llm, prompts):
