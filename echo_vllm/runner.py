@@ -197,15 +197,18 @@ class EchoRunnerMixin:
 
     # ---- the cost model behind echo's automatic budget --------------------------------
 
-    def measure_target_cost(self, repeats: int = 3) -> CostModel:
-        """Time target passes of a few sizes; the auto budget starts from this cost model
-        and refines it online. Attention over the KV cache is left out (no metadata), as in
-        vLLM's own profiling passes; the online refinement adds it back at the sizes run."""
+    def measure_target_cost(self, repeats: int = 5) -> CostModel:
+        """Time target passes of a few sizes, logits included (verification computes them at
+        every token it verifies); the auto budget starts from this cost model and refines it
+        online. The sizes take turns, `repeats` rounds, so a burst of other work on the
+        machine slows one pass of each size rather than every pass of one size (the model
+        keeps each size's fastest pass). Attention over the KV cache is left out (no
+        metadata), as in vLLM's own profiling passes; the online refinement adds it back."""
         max_tokens = min(self.scheduler_config.max_num_batched_tokens,
                          self.scheduler_config.max_num_seqs * self.echo_config.num_draft_tokens)
         sizes = measurement_sizes(max_tokens)
         self._time_target_pass(max_tokens)  # first pass: allocation, not cost
-        tokens = [n for n in sizes for _ in range(repeats)]
+        tokens = [n for _ in range(repeats) for n in sizes]
         seconds = [self._time_target_pass(n) for n in tokens]
         cost = CostModel(tokens, seconds)
         self.drafter.cost_model = cost
@@ -217,7 +220,9 @@ class EchoRunnerMixin:
         with set_forward_context(None, self.vllm_config, num_tokens=num_tokens):
             self._synchronize()
             start = time.perf_counter()
-            self._model_forward(input_ids=self.input_ids.gpu[:num_tokens], positions=self.positions[:num_tokens])
+            output = self._model_forward(input_ids=self.input_ids.gpu[:num_tokens], positions=self.positions[:num_tokens])
+            hidden_states = output[0] if isinstance(output, tuple) else output  # EAGLE-3: (hidden, auxiliary)
+            self.model.compute_logits(hidden_states)
             self._synchronize()
         return time.perf_counter() - start
 

@@ -94,7 +94,12 @@ def allocate(order: torch.Tensor, batch: int, pool_size: int, budget: int | None
 class CostModel:
     """Seconds of one target pass as a function of the tokens it verifies (all requests'
     roots and drafts): piecewise linear through measured points, non-decreasing, extended
-    beyond the measured range with the end segments' slopes, times one factor refined online."""
+    beyond the measured range with the end segments' slopes, times one factor refined online.
+
+    Each size's fastest pass counts: contention on a shared machine only ever adds time, so
+    the minimum is the estimate a burst of other work disturbs least (the start-up passes
+    take turns across sizes, so a burst slows one pass of several sizes rather than every
+    pass of one size: the shape, which no online factor corrects, stays right)."""
 
     def __init__(self, tokens: list[int], seconds: list[float]):
         if len(tokens) < 2 or len(tokens) != len(seconds):
@@ -106,8 +111,7 @@ class CostModel:
         if len(points) < 2:
             raise ValueError(f"echo-vllm: a cost model needs >= 2 distinct token counts, got {tokens}")
         self.tokens = torch.tensor(points, dtype=torch.float64)
-        medians = torch.tensor([sorted(by_tokens[t])[len(by_tokens[t]) // 2] for t in points], dtype=torch.float64)
-        self.seconds = medians.cummax(dim=0).values
+        self.seconds = torch.tensor([min(by_tokens[t]) for t in points], dtype=torch.float64).cummax(dim=0).values
         self.factor = 1.0
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -120,9 +124,10 @@ class CostModel:
     def observe(self, tokens: int, seconds: float, weight: float = 0.05) -> None:
         """Online refinement with a pass just timed: the factor moves toward its time over the
         measured points' prediction. One factor for every size keeps the model consistent
-        (moving only the nearest point would bend it where traffic runs and leave it stale
-        elsewhere); passes timed at start-up leave out what serving adds (attention over the
-        cache, logits, sampling), which the factor takes in at the sizes traffic runs."""
+        (moving only the nearest point would bend it where traffic runs, from whatever passes
+        run there, warm-up and prefill included, and leave it stale elsewhere); passes timed
+        at start-up leave out what serving adds (attention over the cache, sampling), which
+        the factor takes in at the sizes traffic runs."""
         ratio = seconds / max(float(self._measured(torch.tensor(tokens))), 1e-12)
         self.factor = (1 - weight) * self.factor + weight * ratio
 

@@ -1,5 +1,6 @@
 """`vllm serve` with method echo answers the OpenAI API, losslessly, on the real target."""
 
+import asyncio
 import json
 import time
 import urllib.request
@@ -14,6 +15,7 @@ from echo_vllm.serving import vllm_server
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, a robot"]
 MAX_TOKENS = 24
+QUESTIONS = [f"What is {i} times {i + 1}?" for i in range(8)] + ["Name three colours.", "Who wrote Hamlet?"]
 
 
 def serve(model, options, log_path):
@@ -69,6 +71,52 @@ def test_streamed_completion_equals_plain_greedy_decoding(client, reference_text
     assert "".join(chunk.choices[0].text for chunk in stream) == reference_texts[0]
 
 
+def echo_counters(server) -> dict[str, float]:
+    with urllib.request.urlopen(f"{server}/metrics") as response:
+        text = response.read().decode()
+    return {s.name: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name.startswith("echo_")}
+
+
+async def streamed_chat_answers(url: str, model: str, questions: list[str]) -> list[str]:
+    """Every question at once, each answer streamed: the server batches them."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
+
+    async def answer(question: str) -> str:
+        stream = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": question}], max_tokens=MAX_TOKENS,
+            temperature=0, stream=True)
+        return "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+
+    try:
+        return await asyncio.gather(*(answer(q) for q in questions))
+    finally:
+        await client.close()
+
+
+def test_concurrent_streamed_chat_equals_plain_and_shows_in_metrics(server, plain_server, client):
+    openai, model = client
+    from openai import OpenAI
+
+    plain = OpenAI(base_url=f"{plain_server}/v1", api_key="unused")
+    expected = [plain.chat.completions.create(model=model, messages=[{"role": "user", "content": q}],
+                                              max_tokens=MAX_TOKENS, temperature=0).choices[0].message.content
+                for q in QUESTIONS]
+    before = echo_counters(server)
+    answers = asyncio.run(streamed_chat_answers(server, model, QUESTIONS))
+    assert answers == expected
+    time.sleep(3)  # a stats interval (1 s here) reads echo's counters from the worker
+    after = echo_counters(server)
+    assert after["echo_verified_trees_total"] > before["echo_verified_trees_total"]
+    assert after["echo_accepted_draft_tokens_total"] >= before["echo_accepted_draft_tokens_total"]
+    # several requests shared steps: more trees verified than steps that verified any
+    trees = after["echo_verified_trees_total"] - before["echo_verified_trees_total"]
+    steps = after["echo_verified_steps_total"] - before["echo_verified_steps_total"]
+    assert trees > steps > 0
+
+
 def test_metrics_show_speculation(server, client):
     openai, model = client
     openai.completions.create(model=model, prompt=PROMPTS[1], max_tokens=8, temperature=0)
@@ -84,10 +132,9 @@ def test_echo_metrics_and_log_line(server, client, tmp_path_factory):
     openai, model = client
     openai.completions.create(model=model, prompt=PROMPTS[2], max_tokens=16, temperature=0)
     time.sleep(3)  # a stats interval (1 s here) reads echo's counters from the worker
+    echo = echo_counters(server)
     with urllib.request.urlopen(f"{server}/metrics") as response:
         text = response.read().decode()
-    echo = {s.name: s.value for family in text_string_to_metric_families(text)
-            for s in family.samples if s.name.startswith("echo_")}
     vllm = {s.name: s.value for family in text_string_to_metric_families(text)
             for s in family.samples if s.name.startswith("vllm:spec_decode_num")}
     # echo's own counts agree with vLLM's spec-decode counters (3 drafts per tree, static policy)
