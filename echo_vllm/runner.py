@@ -32,6 +32,7 @@ from vllm.config import VllmConfig
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
 from vllm.config.vllm import get_layers_from_vllm_config
 from vllm.forward_context import set_forward_context
+from vllm.v1.outputs import DraftTokenIds
 
 from echo_vllm.core.budget import CostModel, measurement_sizes
 from echo_vllm.core.calibration import NOT_ACCEPTED, choose_gate, step_costs
@@ -395,6 +396,17 @@ class EchoRunnerMixin:
             self._echo_trees[req_id] = PendingTree(drafts[row], trees.parent_idx[row, :n].tolist(),
                                                    None if values is None else values[row][:n], recorded)
         return drafts
+
+    def take_draft_token_ids(self):
+        """The drafts the scheduler schedules next. When the batch's longest request would not
+        fit the drafter (near max_model_len), vLLM skips drafting and fills every request's
+        drafts with num_spec_tokens zeros; the scheduler would schedule those and the target
+        verify them, all rejected, for the whole batch, as long as one request sits near
+        the limit. Echo's drafts are always lists, so a tensor here is that filler: the
+        step's requests get no drafts instead."""
+        if torch.is_tensor(self._draft_token_ids) and self._draft_token_req_ids:
+            return DraftTokenIds(list(self._draft_token_req_ids), [[] for _ in self._draft_token_req_ids])
+        return super().take_draft_token_ids()
 
 
 def accepted_moves(step: TreeStep, verdicts: list[Verdict]):

@@ -36,14 +36,20 @@ class Server:
 
     def rss_bytes(self) -> int:
         """Resident memory of the server and every process under it (engine core, workers)."""
+        return sum(self.rss_by_process().values())
+
+    def rss_by_process(self) -> dict[str, int]:
+        """Resident memory per process of the server, keyed by process title (vLLM names its
+        engine core and workers "VLLM::..."), with the pid where titles repeat."""
         import psutil
 
         root = psutil.Process(self.process.pid)
-        total = 0
+        found: dict[str, int] = {}
         for process in [root, *root.children(recursive=True)]:
             with contextlib.suppress(psutil.NoSuchProcess):
-                total += process.memory_info().rss
-        return total
+                name = "api_server" if process.pid == root.pid else process.name()
+                found[name if name not in found else f"{name} {process.pid}"] = process.memory_info().rss
+        return found
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]

@@ -9,7 +9,8 @@ without speculation answers every greedy request that completed, as the referenc
 What must hold (`problems`): the server alive and healthy at the end, every request not
 cancelled complete (each choice with a finish reason), greedy answers identical to the
 reference, and no memory growth: resident memory of the server's processes (API server,
-engine core, workers) after the second half of the run within MEMORY_SLACK of after the first.
+engine core, workers) after the second half of the run within MEMORY_SLACK of after the first
+(sampled after every tenth of the run, per process, to tell which one grows).
 """
 
 from __future__ import annotations
@@ -191,18 +192,18 @@ def soak(target: str, speculative_config: dict, out: str, num_requests: int = 50
     texts = [p.text for dataset in DATASETS for p in load_prompts(dataset)]
     token_pool = AutoTokenizer.from_pretrained(target)("\n\n".join(texts))["input_ids"]
     requests = make_requests(num_requests, texts, token_pool, max_model_len, cancel_share, seed)
-    # after a first tenth (warm-up), after half, after all: memory is compared between the last two
-    phases = [requests[:num_requests // 10], requests[num_requests // 10:num_requests // 2],
-              requests[num_requests // 2:]]
+    # memory is sampled after every tenth of the requests; the first tenth is the warm-up,
+    # and the check compares the end with the half
+    phases = [requests[num_requests * i // 10:num_requests * (i + 1) // 10] for i in range(10)]
     started = time.monotonic()
-    rss: list[int] = []
+    rss: list[dict[str, int]] = []
     with vllm_server(target, ["--speculative-config", json.dumps(speculative_config)], out_dir / "echo_server.log",
                      max_model_len, kv_cache_memory_bytes) as server:
         outcomes: dict[int, Outcome] = {}
         with PeakMemory(server) as peak, tqdm(total=num_requests, desc="soak (echo)", unit="req") as bar:
             for phase in phases:
                 outcomes.update(asyncio.run(_run(server.url, target, phase, clients, bar)))
-                rss.append(server.rss_bytes() if server.process.poll() is None else 0)
+                rss.append(server.rss_by_process() if server.process.poll() is None else {})
         alive = server.healthy()
         metrics = metric_totals(server.url, ("vllm:num_preemptions", "vllm:spec_decode_num", "echo_")) if alive else {}
         crash_lines = [line for line in server.log_tail(200_000).splitlines()
@@ -227,8 +228,9 @@ def soak(target: str, speculative_config: dict, out: str, num_requests: int = 50
         "preemptions": metrics.get("vllm:num_preemptions_total"),
         "spec_decode": {k: v for k, v in metrics.items() if k.startswith("vllm:spec_decode")},
         "echo_metrics": {k: v for k, v in metrics.items() if k.startswith("echo_")},
-        "rss_mib": {"after_warm_up": rss[0] / 2**20, "after_half": rss[1] / 2**20, "end": rss[2] / 2**20,
-                    "peak": peak.peak / 2**20},
+        "rss_mib": {"after_warm_up": sum(rss[0].values()) / 2**20, "after_half": sum(rss[4].values()) / 2**20,
+                    "end": sum(rss[9].values()) / 2**20, "peak": peak.peak / 2**20,
+                    "after_each_tenth": [{name: b / 2**20 for name, b in sample.items()} for sample in rss]},
         "duration_s": duration,
         "settings": {"target": target, "speculative_config": speculative_config, "max_model_len": max_model_len,
                      "kv_cache_memory_bytes": kv_cache_memory_bytes, "cancel_share": cancel_share, "seed": seed},
@@ -268,5 +270,9 @@ def summary(report: dict) -> str:
         f"resident memory (MiB): after warm-up {rss['after_warm_up']:.0f}, after half {rss['after_half']:.0f}, "
         f"end {rss['end']:.0f}, peak {rss['peak']:.0f}",
     ]
+    tenths = rss.get("after_each_tenth") or []
+    if len(tenths) == 10:
+        lines += [f"  {name}: " + ", ".join(f"{sample.get(name, 0):.0f}" for sample in (tenths[0], tenths[4], tenths[9]))
+                  for name in tenths[9]]
     lines += [f"PROBLEM: {p}" for p in report["problems"]] or ["every check held"]
     return "\n".join(lines)

@@ -271,21 +271,36 @@ class Exploration:
     Acceptance is seen only on verified drafts: after a pessimistic turn of the estimates
     (a hard stretch of traffic, a noisy timing), echo would never draft again and never
     learn that drafting pays once more. After `interval` steps in a row not drafted, the
-    next one is (an exploration step, which verifies at least one draft per request), so
-    what exploring costs stays near 1/interval of the steps.
+    next one is (an exploration step, which verifies at least one draft per request). Each
+    exploration that leaves speculation still not paying doubles the wait, up to
+    `max_interval`; a step that pays restores `interval`. Where speculation really does not
+    pay (a full batch on a compute-bound device) exploring then costs a vanishing share of
+    the steps; an exploration step is dear there, since it also writes the draft KV that
+    the requests' undrafted steps owe.
 
-    Worked example, interval 2, speculation never paying: steps draft F F T F F T ...
+    Worked example, interval 2, max_interval 4, speculation never paying: steps draft
+    F F T F F F F T F F F F T ...
     """
 
-    def __init__(self, interval: int):
-        self.interval = interval
+    def __init__(self, interval: int, max_interval: int):
+        if not 0 < interval <= max_interval:
+            raise ValueError(f"echo-vllm: exploration needs 0 < interval <= max_interval, got {interval}, {max_interval}")
+        self.interval, self.max_interval = interval, max_interval
+        self.wait = interval
         self.undrafted_in_a_row = 0
 
     def due(self, pays: bool) -> bool:
         """Whether this step explores (drafts although speculation is not expected to pay)."""
         if pays:
             self.undrafted_in_a_row = 0
+            self.wait = self.interval
             return False
+        if self.undrafted_in_a_row >= self.wait:
+            self.undrafted_in_a_row = 0
+            self.wait = min(2 * self.wait, self.max_interval)
+            return True
+        self.undrafted_in_a_row += 1
+        return False
         if self.undrafted_in_a_row == self.interval:
             self.undrafted_in_a_row = 0
             return True

@@ -79,8 +79,11 @@ MIN_DRAFTED_STEPS = 32
 # Draft tokens all rejected after which echo warns that the head may not fit the target.
 NO_ACCEPTANCE_WARNING_DRAFTS = 1000
 # Undrafted steps in a row after which one is drafted anyway (core.budget.Exploration): at
-# most ~1/64 of the steps pay for drafting that was not expected to pay.
+# first after 64, then, while exploring keeps finding that speculation does not pay, after
+# twice as many each time, up to 1024: at most ~1/64 of the steps pay for drafting that was
+# not expected to pay, and ~1/1024 where it really does not.
 EXPLORATION_INTERVAL = 64
+MAX_EXPLORATION_INTERVAL = 1024
 
 
 def kv_layout_of(device: torch.device) -> KvLayout:
@@ -118,11 +121,12 @@ class EchoProposer(EagleProposer):
         self.num_verified_steps = 0
         self.num_verified_trees = 0
         self.num_verified_drafts = 0
+        self.num_proposed_drafts = 0  # draft tokens propose returned (verified ones are never more)
         self.num_accepted_drafts = 0
         # request-steps whose draft scores were NaN or infinite (a broken head): no drafts verified
         self.num_broken_drafts = 0
         self.num_broken_drafts_pending: torch.Tensor | int = 0
-        self.exploration = Exploration(EXPLORATION_INTERVAL)
+        self.exploration = Exploration(EXPLORATION_INTERVAL, MAX_EXPLORATION_INTERVAL)
         self.exploring = False  # this step drafts although speculation was not expected to pay
         self.num_exploration_steps = 0
         # by request id: first-pass inputs whose draft KV is owed; requests with a hole
@@ -195,6 +199,7 @@ class EchoProposer(EagleProposer):
         tree = self._expand(root_logits_hidden, root_hidden, root_positions + 1, next_token_ids, cad, caps)
         self.drafted_trees = tree
         drafts = [row[1:n] for row, n in zip(tree.tokens.tolist(), tree.num_nodes.tolist())]
+        self.num_proposed_drafts += sum(map(len, drafts))
         self._count_broken_drafts(batch)
         self.draft_cost.observe(batch, time.perf_counter() - started)
         self._last_propose = (called, time.perf_counter() - called, set(req_ids))
@@ -252,6 +257,7 @@ class EchoProposer(EagleProposer):
             "num_verified_steps": self.num_verified_steps,
             "num_verified_trees": self.num_verified_trees,
             "num_verified_drafts": self.num_verified_drafts,
+            "num_proposed_drafts": self.num_proposed_drafts,
             "num_accepted_drafts": self.num_accepted_drafts,
             "nodes_bought": int(self.nodes_bought),
             "nodes_bought_deep": int(self.nodes_bought_deep),

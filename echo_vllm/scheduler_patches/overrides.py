@@ -24,6 +24,8 @@ OVERRIDES = [
                   "sample_hidden_states", "aux_hidden_states", "spec_decode_metadata",
                   "common_attn_metadata", "slot_mappings"), "0.32.*",
                  "accepted nodes' rows moved into chain order for vLLM's EAGLE input prep"),
+    VllmOverride(f"{_RUNNER}.take_draft_token_ids", (), "0.32.*",
+                 "no drafts, instead of vLLM's zero-filled ones, when a request nears max_model_len"),
     VllmOverride(f"{_PROPOSER}.propose",
                  ("num_speculative_tokens", "target_token_ids", "target_positions",
                   "target_hidden_states", "next_token_ids", "token_indices_to_sample",

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from echo_vllm.core.budget import (
@@ -185,9 +186,11 @@ def test_acceptance_curve_scales_the_drafts_belief_to_what_the_target_accepts():
     assert torch.allclose(curve.gains(2, torch.tensor([2])), torch.tensor([1.0], dtype=torch.float64), atol=2e-3)
 
 
-def test_exploration_drafts_one_step_after_interval_undrafted_and_restarts_when_drafting_pays():
-    exploration = Exploration(interval=2)
-    assert [exploration.due(pays=False) for _ in range(6)] == [False, False, True, False, False, True]
-    assert exploration.due(pays=False) is False
+def test_exploration_waits_twice_as_long_each_time_and_restarts_when_drafting_pays():
+    exploration = Exploration(interval=2, max_interval=4)
+    due = [exploration.due(pays=False) for _ in range(13)]
+    assert due == [False, False, True, False, False, False, False, True, False, False, False, False, True]
     assert exploration.due(pays=True) is False  # a step that pays is drafted anyway: no exploration
-    assert [exploration.due(pays=False) for _ in range(3)] == [False, False, True]
+    assert [exploration.due(pays=False) for _ in range(3)] == [False, False, True]  # the wait is 2 again
+    with pytest.raises(ValueError, match="interval"):
+        Exploration(interval=8, max_interval=4)

@@ -44,8 +44,9 @@ def test_a_head_that_never_pays_stops_drafting_but_explores(echo, reference):
         assert generate(echo, PROMPTS) == reference
     undrafted = drafter_value(echo, "num_undrafted_steps")
     assert undrafted > EXPLORATION_INTERVAL
-    # one step drafted after each EXPLORATION_INTERVAL undrafted ones, to keep its estimates current
-    assert drafter_value(echo, "num_exploration_steps") == undrafted // EXPLORATION_INTERVAL
+    # one step drafted after each EXPLORATION_INTERVAL undrafted ones in a row, to keep its
+    # estimates current (fewer if a timing made a step pay in between: the count restarts)
+    assert 1 <= drafter_value(echo, "num_exploration_steps") <= undrafted // EXPLORATION_INTERVAL
     assert drafter_value(echo, "owed_rows") == {}  # every request finished: nothing kept
 
 
