@@ -75,7 +75,7 @@ def make_requests(count: int, texts: list[str], token_pool: list[int], max_model
     requests = []
     for index in range(count):
         # a cancelled request is still running when its client closes the stream: it has room
-        # for more tokens than its chunks can carry, and no stop string
+        # for more tokens than its chunks can carry, and neither a stop string nor EOS ends it
         cancel = rng.random() < cancel_share
         fewest_tokens = MIN_CANCELLED_TOKENS if cancel else 1
         if rng.random() < LONG_PROMPT_SHARE:
@@ -96,6 +96,8 @@ def make_requests(count: int, texts: list[str], token_pool: list[int], max_model
                 params["seed"] = rng.randrange(1 << 30)
         if rng.random() < 0.3 and not cancel:
             params["stop"] = rng.choice(STOP_STRINGS)
+        if cancel:
+            params["extra_body"] = {**params.get("extra_body", {}), "ignore_eos": True}
         requests.append(SoakRequest(index, prompt, params, stream=cancel or rng.random() < STREAM_SHARE,
                                     cancel_after_chunks=rng.randint(1, 6) if cancel else None))
     return requests

@@ -12,7 +12,8 @@ def test_the_mix_is_seeded_and_covers_what_the_soak_must_exercise():
     cancelled = [r for r in requests if r.cancel_after_chunks is not None]
     assert 50 < len(cancelled) < 110 and all(r.stream for r in cancelled)
     # still running when the client closes the stream after at most 6 chunks
-    assert all(r.params["max_tokens"] >= MIN_CANCELLED_TOKENS and "stop" not in r.params for r in cancelled)
+    assert all(r.params["max_tokens"] >= MIN_CANCELLED_TOKENS and "stop" not in r.params
+               and r.params["extra_body"]["ignore_eos"] for r in cancelled)
     long = [r for r in requests if isinstance(r.prompt, list)]
     assert long and all(len(r.prompt) + r.params["max_tokens"] == 1024 for r in long)  # answers fill the context
     sampled = [r for r in requests if not r.greedy]
