@@ -301,8 +301,3 @@ class Exploration:
             return True
         self.undrafted_in_a_row += 1
         return False
-        if self.undrafted_in_a_row == self.interval:
-            self.undrafted_in_a_row = 0
-            return True
-        self.undrafted_in_a_row += 1
-        return False

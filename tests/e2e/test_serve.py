@@ -12,6 +12,7 @@ from echo_vllm import cli
 from echo_vllm.bench.online import parse_servers
 from echo_vllm.draft_head import write_random_head
 from echo_vllm.serving import vllm_server
+from echo_vllm.soak import metric_totals
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, a robot"]
 MAX_TOKENS = 24
@@ -71,13 +72,6 @@ def test_streamed_completion_equals_plain_greedy_decoding(client, reference_text
     assert "".join(chunk.choices[0].text for chunk in stream) == reference_texts[0]
 
 
-def echo_counters(server) -> dict[str, float]:
-    with urllib.request.urlopen(f"{server}/metrics") as response:
-        text = response.read().decode()
-    return {s.name: s.value for family in text_string_to_metric_families(text)
-            for s in family.samples if s.name.startswith("echo_")}
-
-
 async def streamed_chat_answers(url: str, model: str, questions: list[str]) -> list[str]:
     """Every question at once, each answer streamed: the server batches them."""
     from openai import AsyncOpenAI
@@ -104,11 +98,11 @@ def test_concurrent_streamed_chat_equals_plain_and_shows_in_metrics(server, plai
     expected = [plain.chat.completions.create(model=model, messages=[{"role": "user", "content": q}],
                                               max_tokens=MAX_TOKENS, temperature=0).choices[0].message.content
                 for q in QUESTIONS]
-    before = echo_counters(server)
+    before = metric_totals(server, ("echo_",))
     answers = asyncio.run(streamed_chat_answers(server, model, QUESTIONS))
     assert answers == expected
     time.sleep(3)  # a stats interval (1 s here) reads echo's counters from the worker
-    after = echo_counters(server)
+    after = metric_totals(server, ("echo_",))
     assert after["echo_verified_trees_total"] > before["echo_verified_trees_total"]
     assert after["echo_accepted_draft_tokens_total"] >= before["echo_accepted_draft_tokens_total"]
     # several requests shared steps: more trees verified than steps that verified any
@@ -132,11 +126,9 @@ def test_echo_metrics_and_log_line(server, client, tmp_path_factory):
     openai, model = client
     openai.completions.create(model=model, prompt=PROMPTS[2], max_tokens=16, temperature=0)
     time.sleep(3)  # a stats interval (1 s here) reads echo's counters from the worker
-    echo = echo_counters(server)
-    with urllib.request.urlopen(f"{server}/metrics") as response:
-        text = response.read().decode()
-    vllm = {s.name: s.value for family in text_string_to_metric_families(text)
-            for s in family.samples if s.name.startswith("vllm:spec_decode_num")}
+    samples = metric_totals(server, ("echo_", "vllm:spec_decode_num"))  # one scrape: both sides agree
+    echo = {name: value for name, value in samples.items() if name.startswith("echo_")}
+    vllm = {name: value for name, value in samples.items() if name.startswith("vllm:")}
     # echo's own counts agree with vLLM's spec-decode counters (3 drafts per tree, static policy)
     assert echo["echo_verified_draft_tokens_total"] == vllm["vllm:spec_decode_num_draft_tokens_total"] > 0
     assert echo["echo_accepted_draft_tokens_total"] == vllm["vllm:spec_decode_num_accepted_tokens_total"]
