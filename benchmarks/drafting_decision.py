@@ -31,7 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # the decision is replaced by collective_rpc
 
 from echo_vllm.assets.models import model_dir  # noqa: E402
-from echo_vllm.bench.offline import acceptance, echo_counts, engine_options, run, spec_counts, workloads  # noqa: E402
+from echo_vllm.bench.offline import (  # noqa: E402
+    acceptance, echo_counts, echo_decisions, engine_options, run, spec_counts, workloads,
+)
 from echo_vllm.bench.plan import build_plan  # noqa: E402
 
 MODES = ("plain", "draft", "echo")
@@ -49,12 +51,6 @@ def use_decision(wrapper, mode: str) -> None:
         drafter.exploring = False
         return mode == "draft"
     drafter._speculation_pays = forced
-
-
-def drafted_share(before: dict, after: dict) -> float | None:
-    drafted = after["num_drafted_steps"] - before["num_drafted_steps"]
-    steps = drafted + after["num_undrafted_steps"] - before["num_undrafted_steps"]
-    return drafted / steps if steps else None
 
 
 def main() -> None:
@@ -86,7 +82,7 @@ def main() -> None:
                 if mode == "draft":
                     draft_acceptance.append(acceptance(counts, spec_counts(llm)))
                 if mode == "echo":
-                    echo_shares.append(drafted_share(stats, echo_counts(llm)))
+                    echo_shares.append(echo_decisions(stats, echo_counts(llm))["drafted_share"])
         median = {mode: statistics.median(r) for mode, r in rates.items()}
         results[w.batch_size] = {
             "tokens_per_s": rates, "median": median,
