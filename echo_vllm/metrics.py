@@ -16,7 +16,7 @@ from echo_vllm.log import logger
 COUNTERS = {
     "num_drafted_steps": ("echo_drafted_steps", "Steps echo drafted (auto budget)"),
     "num_undrafted_steps": ("echo_undrafted_steps", "Steps echo did not draft: speculation would not pay"),
-    "num_exploration_steps": ("echo_exploration_steps", "Steps drafted only to keep echo's estimates current"),
+    "num_exploration_steps": ("echo_exploration_steps", "Steps that took the choice (draft or not) echo did not expect to be better, to keep its measurements current"),
     "num_verified_steps": ("echo_verified_steps", "Steps that verified draft trees"),
     "num_verified_trees": ("echo_verified_trees", "Request trees with drafts verified"),
     "num_verified_drafts": ("echo_verified_draft_tokens", "Draft tokens verified by the target"),

@@ -35,6 +35,7 @@ from echo_vllm.core.budget import (
     AcceptanceCurve,
     CostModel,
     Exploration,
+    MeasuredGoodput,
     LinearCost,
     allocate,
     allocation_order,
@@ -78,12 +79,14 @@ MAX_OWED_ROWS = 256
 MIN_DRAFTED_STEPS = 32
 # Draft tokens all rejected after which echo warns that the head may not fit the target.
 NO_ACCEPTANCE_WARNING_DRAFTS = 1000
-# Undrafted steps in a row after which one is drafted anyway (core.budget.Exploration): at
-# first after 64, then, while exploring keeps finding that speculation does not pay, after
-# twice as many each time, up to 1024: at most ~1/64 of the steps pay for drafting that was
-# not expected to pay, and ~1/1024 where it really does not.
-EXPLORATION_INTERVAL = 64
+# Steps in a row of one choice (draft or not) after which one step takes the other
+# (core.budget.Exploration): every 16 steps while the choices are close or not yet both
+# measured (an exploration then costs at most CLEAR_MARGIN of one step: < 1 % of the steps'
+# time), and, while one choice is ahead by more than CLEAR_MARGIN, after twice as many each
+# time, up to 1024: ~1/1024 of the steps where speculation clearly does not pay.
+EXPLORATION_INTERVAL = 16
 MAX_EXPLORATION_INTERVAL = 1024
+CLEAR_MARGIN = 0.1
 
 
 def kv_layout_of(device: torch.device) -> KvLayout:
@@ -108,7 +111,8 @@ class EchoProposer(EagleProposer):
         # and the target pass between them; the runner times the pass).
         self.step_overhead = LinearCost()
         self.last_pass_seconds: float | None = None
-        self._last_propose: tuple[float, float, set[str]] | None = None  # start, seconds, requests
+        # start, seconds, requests and whether it drafted, of the last drafting call
+        self._last_propose: tuple[float, float, set[str], bool] | None = None
         self.acceptance_curve = AcceptanceCurve(echo_config.num_draft_tokens - 1)
         self.last_budget: int | None = None
         self.budget_sum = 0  # over the steps a budget limited (num_budgeted_steps)
@@ -126,8 +130,12 @@ class EchoProposer(EagleProposer):
         # request-steps whose draft scores were NaN or infinite (a broken head): no drafts verified
         self.num_broken_drafts = 0
         self.num_broken_drafts_pending: torch.Tensor | int = 0
+        # what drafted and undrafted steps really gave, and the steps that take the choice
+        # not expected to be better so that both measurements stay current
+        self.measured_goodput = MeasuredGoodput()
+        self.accepted_since_propose = 0  # draft tokens the pass since the last decision accepted
         self.exploration = Exploration(EXPLORATION_INTERVAL, MAX_EXPLORATION_INTERVAL)
-        self.exploring = False  # this step drafts although speculation was not expected to pay
+        self.exploring = False  # this step drafts although not drafting was expected to be better
         self.num_exploration_steps = 0
         # by request id: first-pass inputs whose draft KV is owed; requests with a hole
         self.owed_rows: dict[str, OwedRows] = {}
@@ -179,13 +187,13 @@ class EchoProposer(EagleProposer):
         batch = next_token_ids.shape[0]
         req_ids = self.model_runner.input_batch.req_ids[:batch]
         called = time.perf_counter()
-        self._observe_step_overhead(called, req_ids)
+        self._observe_step(called, req_ids)
         if not self._speculation_pays(batch):
             self._owe_first_pass(req_ids, target_token_ids, target_positions, target_hidden_states,
                                  next_token_ids, token_indices_to_sample, common_attn_metadata)
             self.drafted_trees = self.drafted_calibration = None
             self.num_undrafted_steps += 1
-            self._last_propose = (called, time.perf_counter() - called, set(req_ids))
+            self._last_propose = (called, time.perf_counter() - called, set(req_ids), False)
             return [[] for _ in range(batch)]
         self._catch_up(req_ids, target_positions, common_attn_metadata)
         started = time.perf_counter()
@@ -202,7 +210,7 @@ class EchoProposer(EagleProposer):
         self.num_proposed_drafts += sum(map(len, drafts))
         self._count_broken_drafts(batch)
         self.draft_cost.observe(batch, time.perf_counter() - started)
-        self._last_propose = (called, time.perf_counter() - called, set(req_ids))
+        self._last_propose = (called, time.perf_counter() - called, set(req_ids), True)
         return drafts
 
     def _count_broken_drafts(self, batch: int) -> None:
@@ -224,6 +232,7 @@ class EchoProposer(EagleProposer):
         self.num_verified_trees += trees
         self.num_verified_drafts += drafts
         self.num_accepted_drafts += accepted
+        self.accepted_since_propose += accepted
         if self.num_accepted_drafts == 0 and before < NO_ACCEPTANCE_WARNING_DRAFTS <= self.num_verified_drafts:
             logger.warning(
                 "echo-vllm: the target rejected all of the head's first %d draft tokens: is it a head for this "
@@ -275,14 +284,20 @@ class EchoProposer(EagleProposer):
         """Expected seconds of a step of `batch` requests outside the target pass and drafting."""
         return self.step_overhead(batch) or 0.0
 
-    def _observe_step_overhead(self, now: float, req_ids: list[str]) -> None:
-        """Time since the previous drafting call, less that call and the target pass since:
-        the step's other work. Only when requests ran through (no idle engine in between)."""
-        if self._last_propose is None or self.last_pass_seconds is None:
+    def _observe_step(self, now: float, req_ids: list[str]) -> None:
+        """What the previous drafting decision led to, timed up to this call: the step's other
+        work (the time less that call and the target pass since), when requests ran through
+        (no idle engine in between); and the step's goodput under that decision, when the
+        same requests ran through (no prefill of a new one in the pass)."""
+        accepted, self.accepted_since_propose = self.accepted_since_propose, 0
+        if self._last_propose is None:
             return
-        started, seconds, previous_req_ids = self._last_propose
-        if not previous_req_ids.isdisjoint(req_ids):
+        started, seconds, previous_req_ids, drafted = self._last_propose
+        if self.last_pass_seconds is not None and not previous_req_ids.isdisjoint(req_ids):
             self.step_overhead.observe(len(req_ids), now - started - seconds - self.last_pass_seconds)
+        if previous_req_ids == set(req_ids):
+            batch = len(req_ids)
+            self.measured_goodput.observe(batch, drafted, (batch + accepted) / batch, now - started)
 
     def forget(self, req_id: str) -> None:
         """A finished request: nothing is owed for it any more."""
@@ -293,18 +308,26 @@ class EchoProposer(EagleProposer):
 
     def _speculation_pays(self, batch: int) -> bool:
         """Echo with the auto budget drafts a step only when speculation is expected to beat
-        a plain step at this batch size. Until the target's cost model is measured and
-        MIN_DRAFTED_STEPS steps were drafted, it drafts; and it explores now and then (see
-        core.budget.Exploration). The same decision on every rank."""
+        a plain step at this batch size: as measured (core.budget.MeasuredGoodput) once
+        drafted and undrafted steps were both measured at this batch size, as its model
+        predicts (core.budget.speculation_pays) before. Until the target's cost model is
+        measured and MIN_DRAFTED_STEPS steps were drafted, it drafts; and now and then a step
+        takes the other choice (core.budget.Exploration). The same decision on every rank."""
         self.exploring = False
         if not (self.auto_budget() and self.cost_model is not None and self.num_drafted_steps >= MIN_DRAFTED_STEPS):
             return True
-        pays = speculation_pays(batch, self.acceptance_curve, self.cost_model, self.draft_cost(batch),
-                                self.step_seconds_besides_drafting(batch))
-        (shared,) = same_on_every_rank([float(pays)])
-        self.exploring = self.exploration.due(bool(shared))
-        self.num_exploration_steps += self.exploring
-        return bool(shared) or self.exploring
+        ratio = self.measured_goodput.ratio(batch)
+        if ratio is None:
+            pays = speculation_pays(batch, self.acceptance_curve, self.cost_model, self.draft_cost(batch),
+                                    self.step_seconds_besides_drafting(batch))
+            clear = False
+        else:
+            pays, clear = ratio >= 1.0, abs(ratio - 1.0) > CLEAR_MARGIN
+        shared_pays, shared_clear = (bool(x) for x in same_on_every_rank([float(pays), float(clear)]))
+        explore = self.exploration.due(shared_pays, shared_clear)
+        self.num_exploration_steps += explore
+        self.exploring = explore and not shared_pays
+        return shared_pays != explore
 
     def _owe_first_pass(self, req_ids, target_token_ids, target_positions, target_hidden_states,
                         next_token_ids, token_indices_to_sample, cad) -> None:

@@ -9,6 +9,7 @@ from echo_vllm.core.budget import (
     AcceptanceCurve,
     CostModel,
     Exploration,
+    MeasuredGoodput,
     LinearCost,
     allocate,
     allocation_order,
@@ -186,11 +187,44 @@ def test_acceptance_curve_scales_the_drafts_belief_to_what_the_target_accepts():
     assert torch.allclose(curve.gains(2, torch.tensor([2])), torch.tensor([1.0], dtype=torch.float64), atol=2e-3)
 
 
-def test_exploration_waits_twice_as_long_each_time_and_restarts_when_drafting_pays():
+def test_exploration_waits_twice_as_long_while_the_choice_is_clear():
     exploration = Exploration(interval=2, max_interval=4)
-    due = [exploration.due(pays=False) for _ in range(13)]
+    due = [exploration.due(choice=False, clear=True) for _ in range(13)]
     assert due == [False, False, True, False, False, False, False, True, False, False, False, False, True]
-    assert exploration.due(pays=True) is False  # a step that pays is drafted anyway: no exploration
-    assert [exploration.due(pays=False) for _ in range(3)] == [False, False, True]  # the wait is 2 again
+    # a change of choice restarts the count, and explores the other way (an undrafted step)
+    assert [exploration.due(choice=True, clear=True) for _ in range(3)] == [False, False, True]
     with pytest.raises(ValueError, match="interval"):
         Exploration(interval=8, max_interval=4)
+
+
+def test_exploration_keeps_the_short_wait_while_the_choice_is_close():
+    exploration = Exploration(interval=2, max_interval=4)
+    assert [exploration.due(choice=True, clear=False) for _ in range(9)] == [False, False, True] * 3
+
+
+def test_measured_goodput_worked_example_and_batch_classes():
+    measured = MeasuredGoodput(min_steps=3, decay=1.0)
+    for _ in range(3):
+        measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.10)
+        assert measured.ratio(1) is None  # drafted steps not measured yet
+    for _ in range(3):
+        measured.observe(1, drafted=True, tokens_per_request=1.3, seconds=0.12)
+    assert measured.ratio(1) == pytest.approx(1.3 / 0.12 / 10.0)
+    # batch sizes 4-7 are another class: nothing measured there
+    assert measured.ratio(4) is None
+    for batch in (4, 7, 5):
+        measured.observe(batch, drafted=False, tokens_per_request=1.0, seconds=0.2)
+        measured.observe(batch, drafted=True, tokens_per_request=1.2, seconds=0.3)
+    assert measured.ratio(6) == pytest.approx(0.8)
+    assert measured.ratio(1) > 1.0  # the classes do not mix
+
+
+def test_measured_goodput_follows_recent_steps():
+    measured = MeasuredGoodput(min_steps=1, decay=0.5)
+    measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.1)
+    for _ in range(3):
+        measured.observe(1, drafted=True, tokens_per_request=1.0, seconds=0.2)  # drafts all rejected
+    assert measured.ratio(1) == pytest.approx(0.5)
+    for _ in range(12):
+        measured.observe(1, drafted=True, tokens_per_request=1.5, seconds=0.1)  # then accepted
+    assert measured.ratio(1) == pytest.approx(1.5, rel=1e-3)
