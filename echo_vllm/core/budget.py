@@ -277,33 +277,45 @@ class MeasuredGoodput:
     A step's outcome is what its drafting decision led to: the seconds from that decision to
     the next one (drafting, the engine's work between passes, the target pass that verifies
     the drafts) and the tokens that pass committed per request (1 + accepted drafts). Each
-    choice keeps decayed sums per class, so recent steps count most. `ratio` compares the two
-    choices once both hold `min_steps` steps' weight in the batch's class.
+    choice keeps decayed sums per class, so its recent steps count most, and its latest step.
+    `ratio` compares the two choices once both hold `min_steps` steps' weight in the batch's
+    class.
 
     Worked example: undrafted steps at batch 1 commit 1 token in 0.10 s (10 tokens/s),
     drafted ones 1.3 tokens in 0.12 s (10.8 tokens/s) -> ratio 1.083: drafting pays.
     """
 
-    def __init__(self, min_steps: float = 8.0, decay: float = 0.97):
+    def __init__(self, min_steps: float = 4.0, decay: float = 0.9):
         self.min_steps, self.decay = min_steps, decay
         self.sums: dict[tuple[int, bool], list[float]] = {}  # (class, drafted) -> weight, tokens, seconds
+        self.latest: dict[tuple[int, bool], float] = {}  # (class, drafted) -> goodput of the latest step
 
     def observe(self, batch: int, drafted: bool, tokens_per_request: float, seconds: float) -> None:
         """One step's outcome: the tokens it committed per request and its seconds."""
-        weight, tokens, total = self.sums.get((batch.bit_length(), drafted), (0.0, 0.0, 0.0))
+        key = (batch.bit_length(), drafted)
+        weight, tokens, total = self.sums.get(key, (0.0, 0.0, 0.0))
         d = self.decay
-        self.sums[batch.bit_length(), drafted] = [d * weight + 1.0, d * tokens + tokens_per_request, d * total + seconds]
+        self.sums[key] = [d * weight + 1.0, d * tokens + tokens_per_request, d * total + seconds]
+        self.latest[key] = tokens_per_request / seconds
+
+    def _rate(self, batch: int, drafted: bool) -> float | None:
+        weight, tokens, seconds = self.sums.get((batch.bit_length(), drafted), (0.0, 0.0, 0.0))
+        return tokens / seconds if weight >= self.min_steps and seconds > 0.0 else None
 
     def ratio(self, batch: int) -> float | None:
         """Goodput of drafted steps over undrafted ones at this batch size's class; None until
         both were measured there."""
-        rates = []
-        for drafted in (True, False):
-            weight, tokens, seconds = self.sums.get((batch.bit_length(), drafted), (0.0, 0.0, 0.0))
-            if weight < self.min_steps or seconds <= 0.0:
-                return None
-            rates.append(tokens / seconds)
-        return rates[0] / rates[1]
+        drafted, undrafted = self._rate(batch, True), self._rate(batch, False)
+        return None if drafted is None or undrafted is None else drafted / undrafted
+
+    def latest_ratio(self, batch: int, drafted: bool) -> float | None:
+        """`ratio`, with the latest step of one choice (drafted or not) in place of its
+        decayed goodput: what the choice's newest measurement says against the other's."""
+        latest = self.latest.get((batch.bit_length(), drafted))
+        other = self._rate(batch, not drafted)
+        if latest is None or other is None:
+            return None
+        return latest / other if drafted else other / latest
 
 
 class Exploration:
@@ -314,12 +326,15 @@ class Exploration:
     never draft again and never learn that drafting pays once more, and the measurement of
     undrafted steps would go stale while drafting wins. After `interval` steps in a row of the
     same choice, the next step takes the other one (an exploration step). While the choice is
-    clear (the better choice ahead by a wide margin), each exploration doubles the wait, up to
-    `max_interval`: where speculation really does not pay (a full batch on a compute-bound
-    device) exploring costs a vanishing share of the steps; an exploration step is dear
-    there, since it also writes the draft KV that the requests' undrafted steps owe. While the
+    clear (the better choice ahead by a wide margin, by the measurements so far and by the
+    latest exploration alike), each exploration doubles the wait, up to `max_interval`: where
+    speculation really does not pay (a full batch on a compute-bound device) exploring costs a
+    vanishing share of the steps; an exploration step is dear there, since it also writes the
+    draft KV that the requests' undrafted steps owe. While the
     choice is close, exploring costs little (the choices differ by little) and keeps both
-    measurements current: the wait stays `interval`. A change of choice restarts the count.
+    measurements current: the wait stays `interval`; so it does after an exploration that
+    found the other choice close or better, so that a measurement gone stale (a slow start-up,
+    traffic that changed) is redone soon. A change of choice restarts the count.
 
     Worked example, interval 2, max_interval 4, drafting clearly never paying: steps draft
     F F T F F F F T F F F F T ...

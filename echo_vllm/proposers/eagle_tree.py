@@ -111,8 +111,7 @@ class EchoProposer(EagleProposer):
         # and the target pass between them; the runner times the pass).
         self.step_overhead = LinearCost()
         self.last_pass_seconds: float | None = None
-        # start, seconds, requests and whether it drafted, of the last drafting call
-        self._last_propose: tuple[float, float, set[str], bool] | None = None
+        self._last_propose: _DraftingCall | None = None
         self.acceptance_curve = AcceptanceCurve(echo_config.num_draft_tokens - 1)
         self.last_budget: int | None = None
         self.budget_sum = 0  # over the steps a budget limited (num_budgeted_steps)
@@ -193,10 +192,11 @@ class EchoProposer(EagleProposer):
                                  next_token_ids, token_indices_to_sample, common_attn_metadata)
             self.drafted_trees = self.drafted_calibration = None
             self.num_undrafted_steps += 1
-            self._last_propose = (called, time.perf_counter() - called, set(req_ids), False)
+            self._last_propose = _DraftingCall(called, time.perf_counter() - called, set(req_ids), False, 0.0)
             return [[] for _ in range(batch)]
         self._catch_up(req_ids, target_positions, common_attn_metadata)
         started = time.perf_counter()
+        catch_up_seconds = started - called
         root_logits_hidden, root_hidden, root_positions, cad = self._first_pass(
             target_token_ids, target_positions, target_hidden_states, next_token_ids,
             token_indices_to_sample, common_attn_metadata,
@@ -210,7 +210,7 @@ class EchoProposer(EagleProposer):
         self.num_proposed_drafts += sum(map(len, drafts))
         self._count_broken_drafts(batch)
         self.draft_cost.observe(batch, time.perf_counter() - started)
-        self._last_propose = (called, time.perf_counter() - called, set(req_ids), True)
+        self._last_propose = _DraftingCall(called, time.perf_counter() - called, set(req_ids), True, catch_up_seconds)
         return drafts
 
     def _count_broken_drafts(self, batch: int) -> None:
@@ -288,16 +288,20 @@ class EchoProposer(EagleProposer):
         """What the previous drafting decision led to, timed up to this call: the step's other
         work (the time less that call and the target pass since), when requests ran through
         (no idle engine in between); and the step's goodput under that decision, when the
-        same requests ran through (no prefill of a new one in the pass)."""
+        same requests ran through (no prefill of a new one in the pass). The draft KV that
+        undrafted steps owed, written by the step, is left out of its goodput: it is the price
+        of changing from not drafting to drafting, paid once, not a cost of drafted steps (an
+        exploration step pays all of it, and would make drafting look dearer than it is)."""
         accepted, self.accepted_since_propose = self.accepted_since_propose, 0
-        if self._last_propose is None:
+        last = self._last_propose
+        if last is None:
             return
-        started, seconds, previous_req_ids, drafted = self._last_propose
-        if self.last_pass_seconds is not None and not previous_req_ids.isdisjoint(req_ids):
-            self.step_overhead.observe(len(req_ids), now - started - seconds - self.last_pass_seconds)
-        if previous_req_ids == set(req_ids):
+        if self.last_pass_seconds is not None and not last.req_ids.isdisjoint(req_ids):
+            self.step_overhead.observe(len(req_ids), now - last.called - last.seconds - self.last_pass_seconds)
+        if last.req_ids == set(req_ids):
             batch = len(req_ids)
-            self.measured_goodput.observe(batch, drafted, (batch + accepted) / batch, now - started)
+            self.measured_goodput.observe(batch, last.drafted, (batch + accepted) / batch,
+                                          now - last.called - last.catch_up_seconds)
 
     def forget(self, req_id: str) -> None:
         """A finished request: nothing is owed for it any more."""
@@ -322,7 +326,11 @@ class EchoProposer(EagleProposer):
                                     self.step_seconds_besides_drafting(batch))
             clear = False
         else:
-            pays, clear = ratio >= 1.0, abs(ratio - 1.0) > CLEAR_MARGIN
+            # clear: ahead by the margin by the measurements so far and by the latest step of
+            # the choice not taken (an old measurement of it alone does not keep it rare)
+            pays = ratio >= 1.0
+            latest = self.measured_goodput.latest_ratio(batch, drafted=not pays)
+            clear = all(r is not None and abs(r - 1.0) > CLEAR_MARGIN and (r >= 1.0) == pays for r in (ratio, latest))
         shared_pays, shared_clear = (bool(x) for x in same_on_every_rank([float(pays), float(clear)]))
         explore = self.exploration.due(shared_pays, shared_clear)
         self.num_exploration_steps += explore
@@ -373,7 +381,9 @@ class EchoProposer(EagleProposer):
         if not chunks:
             return
         device = self.device
-        width = max(len(tokens) for _, tokens, _ in chunks)
+        # rows padded to a power of two: each new pass shape costs the CPU's GEMM library a
+        # new kernel (tens of ms the first time), and the owed counts vary from step to step
+        width = 1 << (max(len(tokens) for _, tokens, _ in chunks) - 1).bit_length()
         count, hidden_size = len(chunks), chunks[0][2].shape[-1]
         tokens = torch.zeros(count, width, dtype=torch.long, device=device)
         hidden = torch.zeros(count, width, hidden_size, dtype=chunks[0][2].dtype, device=device)
@@ -629,6 +639,17 @@ class EchoProposer(EagleProposer):
         normed, prenorm = self.model.model.norm(out, residual)
         next_hidden = normed if self.model.model.norm_output else prenorm
         return normed, next_hidden, k, v
+
+
+@dataclass(frozen=True)
+class _DraftingCall:
+    """One call of the drafter (one step's drafting decision), timed."""
+
+    called: float  # time.perf_counter() at the call
+    seconds: float  # the call's own time
+    req_ids: set[str]
+    drafted: bool
+    catch_up_seconds: float  # of `seconds`, writing the draft KV owed by undrafted steps
 
 
 @dataclass(frozen=True)

@@ -228,3 +228,15 @@ def test_measured_goodput_follows_recent_steps():
     for _ in range(12):
         measured.observe(1, drafted=True, tokens_per_request=1.5, seconds=0.1)  # then accepted
     assert measured.ratio(1) == pytest.approx(1.5, rel=1e-3)
+
+
+def test_latest_ratio_puts_one_choices_newest_step_against_the_others_goodput():
+    measured = MeasuredGoodput(min_steps=2, decay=1.0)
+    for _ in range(4):
+        measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.1)  # 10 tokens/s
+        measured.observe(1, drafted=True, tokens_per_request=1.0, seconds=0.2)  # 5: a slow start
+    measured.observe(1, drafted=True, tokens_per_request=1.5, seconds=0.125)  # 12 now
+    assert measured.ratio(1) == pytest.approx((5.5 / 0.925) / 10.0)  # still far behind
+    assert measured.latest_ratio(1, drafted=True) == pytest.approx(1.2)  # but its newest step leads
+    assert measured.latest_ratio(1, drafted=False) == pytest.approx((5.5 / 0.925) / 10.0)
+    assert measured.latest_ratio(4, drafted=True) is None
