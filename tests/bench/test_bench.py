@@ -50,12 +50,21 @@ def test_latency_average_column():
     assert average == pytest.approx({"mat": 1.9, "utilization": 0.225, "x_plain": 1.4})
 
 
+def test_no_speculation_pools_the_plain_runs_of_every_method():
+    """A resumed report holds methods measured on other days: the plain row pools all their plain
+    runs, and each method's row shows the plain median its own ratio is taken against."""
+    throughput = {"1": {"static": row(7.0, 11.0), "echo": row(17.0, 16.0)}}
+    text = markdown({"latency": {}, "throughput": throughput, "input_tokens": {"throughput 1": 100.0}}, META)
+    assert "| 1 | no speculation | 13.5 (9.0-18.0) | | 1.00 |" in text  # median of 9, 11, 13, 14, 16, 18
+    assert "| 1 | echo | 17.0 (16.0-18.0) | 16.0 | 1.06 |" in text
+
+
 def test_report_tables_and_plots(tmp_path):
     text = markdown(MADE_UP, META)
     assert "| echo | 2.00 | 0.25 | 15.0 (14.0-16.0) | 1.50 | 1.80 | 0.20 | 13.0 (12.0-14.0) | 1.30 | 1.90 | 1.40 |" in text
-    assert ("| 16 | echo | 99.0 (98.0-100.0) | 0.99 | - | - | 1.24 | 4.95 | budget auto (mean 3.5); echo depth 1 "
+    assert ("| 16 | echo | 99.0 (98.0-100.0) | 100.0 | 0.99 | - | - | 1.24 | 4.95 | budget auto (mean 3.5); echo depth 1 "
             "threshold 0.9; gate pass 40%; drafted 25% of steps (2% exploring) |") in text
-    assert "| 16 | no speculation | 100.0 (98.0-102.0) | 1.00 |" in text
+    assert "| 16 | no speculation | 100.0 (98.0-102.0) | | 1.00 |" in text
     written = write_outputs(MADE_UP, META, str(tmp_path))
     assert sorted(p.name for p in written) == ["report.md", "results.json", "speedup.png", "throughput.png",
                                                "utilization.png"]
