@@ -279,7 +279,10 @@ class MeasuredGoodput:
     the drafts) and the tokens that pass committed per request (1 + accepted drafts). Each
     choice keeps decayed sums per class, so its recent steps count most, and its latest step.
     `ratio` compares the two choices once both hold `min_steps` steps' weight in the batch's
-    class.
+    class. A step's `switch_seconds`, work it did only because earlier steps took the other
+    choice (the draft KV that undrafted steps owe, written by the next drafted step), is left
+    out of the sums, which measure a choice as if it were taken step after step, and kept in
+    its latest step, which is what taking the choice once cost all told.
 
     Worked example: undrafted steps at batch 1 commit 1 token in 0.10 s (10 tokens/s),
     drafted ones 1.3 tokens in 0.12 s (10.8 tokens/s) -> ratio 1.083: drafting pays.
@@ -288,14 +291,16 @@ class MeasuredGoodput:
     def __init__(self, min_steps: float = 4.0, decay: float = 0.9):
         self.min_steps, self.decay = min_steps, decay
         self.sums: dict[tuple[int, bool], list[float]] = {}  # (class, drafted) -> weight, tokens, seconds
-        self.latest: dict[tuple[int, bool], float] = {}  # (class, drafted) -> goodput of the latest step
+        self.latest: dict[tuple[int, bool], float] = {}  # (class, drafted) -> goodput of the latest step, all told
 
-    def observe(self, batch: int, drafted: bool, tokens_per_request: float, seconds: float) -> None:
-        """One step's outcome: the tokens it committed per request and its seconds."""
+    def observe(self, batch: int, drafted: bool, tokens_per_request: float, seconds: float,
+                switch_seconds: float = 0.0) -> None:
+        """One step's outcome: the tokens it committed per request, its seconds, and of those
+        the seconds spent switching from the other choice."""
         key = (batch.bit_length(), drafted)
         weight, tokens, total = self.sums.get(key, (0.0, 0.0, 0.0))
         d = self.decay
-        self.sums[key] = [d * weight + 1.0, d * tokens + tokens_per_request, d * total + seconds]
+        self.sums[key] = [d * weight + 1.0, d * tokens + tokens_per_request, d * total + seconds - switch_seconds]
         self.latest[key] = tokens_per_request / seconds
 
     def _rate(self, batch: int, drafted: bool) -> float | None:
@@ -309,8 +314,8 @@ class MeasuredGoodput:
         return None if drafted is None or undrafted is None else drafted / undrafted
 
     def latest_ratio(self, batch: int, drafted: bool) -> float | None:
-        """`ratio`, with the latest step of one choice (drafted or not) in place of its
-        decayed goodput: what the choice's newest measurement says against the other's."""
+        """`ratio`, with the latest step of one choice (drafted or not), all told, in place of
+        its decayed goodput: what taking that choice once cost against the other choice."""
         latest = self.latest.get((batch.bit_length(), drafted))
         other = self._rate(batch, not drafted)
         if latest is None or other is None:
@@ -325,16 +330,15 @@ class Exploration:
     a pessimistic turn of the estimates (a hard stretch of traffic, a noisy timing) echo would
     never draft again and never learn that drafting pays once more, and the measurement of
     undrafted steps would go stale while drafting wins. After `interval` steps in a row of the
-    same choice, the next step takes the other one (an exploration step). While the choice is
-    clear (the better choice ahead by a wide margin, by the measurements so far and by the
-    latest exploration alike), each exploration doubles the wait, up to `max_interval`: where
-    speculation really does not pay (a full batch on a compute-bound device) exploring costs a
-    vanishing share of the steps; an exploration step is dear there, since it also writes the
-    draft KV that the requests' undrafted steps owe. While the
-    choice is close, exploring costs little (the choices differ by little) and keeps both
-    measurements current: the wait stays `interval`; so it does after an exploration that
-    found the other choice close or better, so that a measurement gone stale (a slow start-up,
-    traffic that changed) is redone soon. A change of choice restarts the count.
+    same choice, the next step takes the other one (an exploration step). An exploration that
+    was clearly dear (it fell behind the choice taken by a wide margin, all told) doubles the
+    wait, up to `max_interval`: where speculation really does not pay (a full batch on a
+    compute-bound device) exploring then costs a vanishing share of the steps; a drafted
+    exploration is dearest there, since it also writes the draft KV that the requests'
+    undrafted steps owe. An exploration that cost little (the choices are close, or the other
+    one is better) brings the wait back to `interval`: it keeps both measurements current, and
+    a measurement gone stale (a slow start-up, traffic that changed) is redone soon. A change
+    of choice restarts the count.
 
     Worked example, interval 2, max_interval 4, drafting clearly never paying: steps draft
     F F T F F F F T F F F F T ...
@@ -350,7 +354,8 @@ class Exploration:
 
     def due(self, choice: bool, clear: bool) -> bool:
         """Whether this step explores: takes the other choice than `choice` (draft or not),
-        the one expected to be better; `clear` when it is better by a wide margin."""
+        the one expected to be better; `clear` when it is clearly better: the latest
+        exploration fell behind it by a wide margin."""
         if choice != self.choice:
             self.choice, self.in_a_row, self.wait = choice, 0, self.interval
         if self.in_a_row >= self.wait:

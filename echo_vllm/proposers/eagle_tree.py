@@ -80,10 +80,10 @@ MIN_DRAFTED_STEPS = 32
 # Draft tokens all rejected after which echo warns that the head may not fit the target.
 NO_ACCEPTANCE_WARNING_DRAFTS = 1000
 # Steps in a row of one choice (draft or not) after which one step takes the other
-# (core.budget.Exploration): every 16 steps while the choices are close or not yet both
-# measured (an exploration then costs at most CLEAR_MARGIN of one step: < 1 % of the steps'
-# time), and, while one choice is ahead by more than CLEAR_MARGIN, after twice as many each
-# time, up to 1024: ~1/1024 of the steps where speculation clearly does not pay.
+# (core.budget.Exploration): every 16 steps while the choices are not yet both measured or an
+# exploration costs at most CLEAR_MARGIN of one step against the choice taken (< 1 % of the
+# steps' time), and, after an exploration that cost more, all told, twice as many each time,
+# up to 1024: ~1/1024 of the steps where speculation clearly does not pay.
 EXPLORATION_INTERVAL = 16
 MAX_EXPLORATION_INTERVAL = 1024
 CLEAR_MARGIN = 0.1
@@ -133,7 +133,9 @@ class EchoProposer(EagleProposer):
         # not expected to be better so that both measurements stay current
         self.measured_goodput = MeasuredGoodput()
         self.accepted_since_propose = 0  # draft tokens the pass since the last decision accepted
-        self.exploration = Exploration(EXPLORATION_INTERVAL, MAX_EXPLORATION_INTERVAL)
+        # per batch-size class, as the measurements are: a batch filling up or draining passes
+        # through smaller classes, whose choices must not restart the wait of the full batch's
+        self.explorations: dict[int, Exploration] = {}
         self.exploring = False  # this step drafts although not drafting was expected to be better
         self.num_exploration_steps = 0
         # by request id: first-pass inputs whose draft KV is owed; requests with a hole
@@ -289,9 +291,10 @@ class EchoProposer(EagleProposer):
         work (the time less that call and the target pass since), when requests ran through
         (no idle engine in between); and the step's goodput under that decision, when the
         same requests ran through (no prefill of a new one in the pass). The draft KV that
-        undrafted steps owed, written by the step, is left out of its goodput: it is the price
-        of changing from not drafting to drafting, paid once, not a cost of drafted steps (an
-        exploration step pays all of it, and would make drafting look dearer than it is)."""
+        undrafted steps owed, written by the step, is the price of changing from not drafting
+        to drafting, paid once: it is left out of the goodput of drafted steps (an exploration
+        pays all of it, and would make drafting step after step look dearer than it is) and
+        kept in what the exploration cost (MeasuredGoodput.latest)."""
         accepted, self.accepted_since_propose = self.accepted_since_propose, 0
         last = self._last_propose
         if last is None:
@@ -300,8 +303,8 @@ class EchoProposer(EagleProposer):
             self.step_overhead.observe(len(req_ids), now - last.called - last.seconds - self.last_pass_seconds)
         if last.req_ids == set(req_ids):
             batch = len(req_ids)
-            self.measured_goodput.observe(batch, last.drafted, (batch + accepted) / batch,
-                                          now - last.called - last.catch_up_seconds)
+            self.measured_goodput.observe(batch, last.drafted, (batch + accepted) / batch, now - last.called,
+                                          switch_seconds=last.catch_up_seconds)
 
     def forget(self, req_id: str) -> None:
         """A finished request: nothing is owed for it any more."""
@@ -326,13 +329,19 @@ class EchoProposer(EagleProposer):
                                     self.step_seconds_besides_drafting(batch))
             clear = False
         else:
-            # clear: ahead by the margin by the measurements so far and by the latest step of
-            # the choice not taken (an old measurement of it alone does not keep it rare)
-            pays = ratio >= 1.0
-            latest = self.measured_goodput.latest_ratio(batch, drafted=not pays)
-            clear = all(r is not None and abs(r - 1.0) > CLEAR_MARGIN and (r >= 1.0) == pays for r in (ratio, latest))
+            # drafting pays when drafted steps beat undrafted ones step after step and the
+            # latest drafted step, all told, was not clearly behind: after undrafted steps that
+            # one also wrote the draft KV they owed, so a dear switch (a full batch) is not
+            # taken again on a close ratio. clear: the latest step of the choice not taken fell
+            # behind by more than the margin, so exploring again can wait longer.
+            drafted_latest = self.measured_goodput.latest_ratio(batch, drafted=True)
+            pays = ratio >= 1.0 and drafted_latest >= 1.0 - CLEAR_MARGIN
+            clear = (self.measured_goodput.latest_ratio(batch, drafted=False) > 1.0 + CLEAR_MARGIN if pays
+                     else drafted_latest < 1.0 - CLEAR_MARGIN)
         shared_pays, shared_clear = (bool(x) for x in same_on_every_rank([float(pays), float(clear)]))
-        explore = self.exploration.due(shared_pays, shared_clear)
+        exploration = self.explorations.setdefault(
+            batch.bit_length(), Exploration(EXPLORATION_INTERVAL, MAX_EXPLORATION_INTERVAL))
+        explore = exploration.due(shared_pays, shared_clear)
         self.num_exploration_steps += explore
         self.exploring = explore and not shared_pays
         return shared_pays != explore

@@ -240,3 +240,15 @@ def test_latest_ratio_puts_one_choices_newest_step_against_the_others_goodput():
     assert measured.latest_ratio(1, drafted=True) == pytest.approx(1.2)  # but its newest step leads
     assert measured.latest_ratio(1, drafted=False) == pytest.approx((5.5 / 0.925) / 10.0)
     assert measured.latest_ratio(4, drafted=True) is None
+
+
+def test_switch_seconds_count_in_the_latest_step_only():
+    """A drafted exploration among undrafted steps writes the draft KV they owed: not a cost of
+    drafting step after step (the ratio), but of that exploration (its latest step)."""
+    measured = MeasuredGoodput(min_steps=2, decay=1.0)
+    for _ in range(4):
+        measured.observe(64, drafted=False, tokens_per_request=1.0, seconds=0.3)
+    for _ in range(2):
+        measured.observe(64, drafted=True, tokens_per_request=1.2, seconds=2.36, switch_seconds=2.0)
+    assert measured.ratio(64) == pytest.approx((1.2 / 0.36) / (1.0 / 0.3))  # 1.0: close
+    assert measured.latest_ratio(64, drafted=True) == pytest.approx((1.2 / 2.36) / (1.0 / 0.3))  # 0.15: dear
