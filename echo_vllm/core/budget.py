@@ -315,7 +315,8 @@ class MeasuredGoodput:
 
     def latest_ratio(self, batch: int, drafted: bool) -> float | None:
         """`ratio`, with the latest step of one choice (drafted or not), all told, in place of
-        its decayed goodput: what taking that choice once cost against the other choice."""
+        its decayed goodput: what taking that choice once cost against the other choice. Needs
+        the other choice measured (`min_steps`), this one only once."""
         latest = self.latest.get((batch.bit_length(), drafted))
         other = self._rate(batch, not drafted)
         if latest is None or other is None:

@@ -317,27 +317,30 @@ class EchoProposer(EagleProposer):
         """Echo with the auto budget drafts a step only when speculation is expected to beat
         a plain step at this batch size: as measured (core.budget.MeasuredGoodput) once
         drafted and undrafted steps were both measured at this batch size, as its model
-        predicts (core.budget.speculation_pays) before. Until the target's cost model is
+        predicts (core.budget.speculation_pays) before; not while its latest drafted step, all
+        told, fell clearly behind undrafted ones. Until the target's cost model is
         measured and MIN_DRAFTED_STEPS steps were drafted, it drafts; and now and then a step
         takes the other choice (core.budget.Exploration). The same decision on every rank."""
         self.exploring = False
         if not (self.auto_budget() and self.cost_model is not None and self.num_drafted_steps >= MIN_DRAFTED_STEPS):
             return True
-        ratio = self.measured_goodput.ratio(batch)
-        if ratio is None:
-            pays = speculation_pays(batch, self.acceptance_curve, self.cost_model, self.draft_cost(batch),
-                                    self.step_seconds_besides_drafting(batch))
-            clear = False
-        else:
-            # drafting pays when drafted steps beat undrafted ones step after step and the
-            # latest drafted step, all told, was not clearly behind: after undrafted steps that
-            # one also wrote the draft KV they owed, so a dear switch (a full batch) is not
-            # taken again on a close ratio. clear: the latest step of the choice not taken fell
-            # behind by more than the margin, so exploring again can wait longer.
-            drafted_latest = self.measured_goodput.latest_ratio(batch, drafted=True)
-            pays = ratio >= 1.0 and drafted_latest >= 1.0 - CLEAR_MARGIN
-            clear = (self.measured_goodput.latest_ratio(batch, drafted=False) > 1.0 + CLEAR_MARGIN if pays
-                     else drafted_latest < 1.0 - CLEAR_MARGIN)
+        measured = self.measured_goodput
+        ratio = measured.ratio(batch)
+        pays = (ratio >= 1.0 if ratio is not None else
+                speculation_pays(batch, self.acceptance_curve, self.cost_model, self.draft_cost(batch),
+                                 self.step_seconds_besides_drafting(batch)))
+        # The latest drafted step, all told, against undrafted steps (known as soon as one
+        # drafted step follows measured undrafted ones, before drafting has a ratio): after
+        # undrafted steps it also wrote the draft KV they owed, so where it fell clearly behind,
+        # switching is dear (a full batch) and is not taken on a close ratio or the model's
+        # word, and the next exploration waits longer. Drafting, an undrafted step that fell
+        # clearly behind lengthens the wait likewise.
+        drafted_latest = measured.latest_ratio(batch, drafted=True)
+        if drafted_latest is not None and drafted_latest < 1.0 - CLEAR_MARGIN:
+            pays = False
+        undrafted_latest = measured.latest_ratio(batch, drafted=False)
+        clear = (undrafted_latest is not None and undrafted_latest > 1.0 + CLEAR_MARGIN if pays
+                 else drafted_latest is not None and drafted_latest < 1.0 - CLEAR_MARGIN)
         shared_pays, shared_clear = (bool(x) for x in same_on_every_rank([float(pays), float(clear)]))
         exploration = self.explorations.setdefault(
             batch.bit_length(), Exploration(EXPLORATION_INTERVAL, MAX_EXPLORATION_INTERVAL))

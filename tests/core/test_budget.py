@@ -252,3 +252,14 @@ def test_switch_seconds_count_in_the_latest_step_only():
         measured.observe(64, drafted=True, tokens_per_request=1.2, seconds=2.36, switch_seconds=2.0)
     assert measured.ratio(64) == pytest.approx((1.2 / 0.36) / (1.0 / 0.3))  # 1.0: close
     assert measured.latest_ratio(64, drafted=True) == pytest.approx((1.2 / 2.36) / (1.0 / 0.3))  # 0.15: dear
+
+
+def test_latest_ratio_needs_one_step_of_its_choice():
+    """A single drafted exploration after measured undrafted steps already tells what it cost."""
+    measured = MeasuredGoodput(min_steps=4, decay=1.0)
+    for _ in range(4):
+        measured.observe(64, drafted=False, tokens_per_request=1.0, seconds=0.3)
+    measured.observe(64, drafted=True, tokens_per_request=1.2, seconds=1.2, switch_seconds=0.9)
+    assert measured.ratio(64) is None  # drafting step after step: not yet measured
+    assert measured.latest_ratio(64, drafted=True) == pytest.approx((1.2 / 1.2) / (1.0 / 0.3))
+    assert measured.latest_ratio(64, drafted=False) is None
