@@ -339,11 +339,15 @@ class EchoProposer(EagleProposer):
         if drafted_latest is not None and drafted_latest < 1.0 - CLEAR_MARGIN:
             pays = False
         undrafted_latest = measured.latest_ratio(batch, drafted=False)
-        clear = (undrafted_latest is not None and undrafted_latest > 1.0 + CLEAR_MARGIN if pays
-                 else drafted_latest is not None and drafted_latest < 1.0 - CLEAR_MARGIN)
+        if pays:
+            clear = undrafted_latest is not None and undrafted_latest > 1.0 + CLEAR_MARGIN
+        else:
+            clear = drafted_latest is not None and drafted_latest < 1.0 - CLEAR_MARGIN
         shared_pays, shared_clear = (bool(x) for x in same_on_every_rank([float(pays), float(clear)]))
-        exploration = self.explorations.setdefault(
-            batch.bit_length(), Exploration(EXPLORATION_INTERVAL, MAX_EXPLORATION_INTERVAL))
+        exploration = self.explorations.get(batch.bit_length())
+        if exploration is None:  # not setdefault: that would build one every step
+            exploration = self.explorations[batch.bit_length()] = Exploration(EXPLORATION_INTERVAL,
+                                                                               MAX_EXPLORATION_INTERVAL)
         explore = exploration.due(shared_pays, shared_clear)
         self.num_exploration_steps += explore
         self.exploring = explore and not shared_pays
