@@ -32,6 +32,8 @@ Shape key: B requests, P pool nodes per request, M = B*P, G budget (draft tokens
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -282,7 +284,7 @@ class MeasuredGoodput:
     class. A step's `switch_seconds`, work it did only because earlier steps took the other
     choice (the draft KV that undrafted steps owe, written by the next drafted step), is left
     out of the sums, which measure a choice as if it were taken step after step, and kept in
-    its latest step, which is what taking the choice once cost all told.
+    its latest step's seconds, which are what taking the choice once cost all told.
 
     Worked example: undrafted steps at batch 1 commit 1 token in 0.10 s (10 tokens/s),
     drafted ones 1.3 tokens in 0.12 s (10.8 tokens/s) -> ratio 1.083: drafting pays.
@@ -291,7 +293,7 @@ class MeasuredGoodput:
     def __init__(self, min_steps: float = 4.0, decay: float = 0.9):
         self.min_steps, self.decay = min_steps, decay
         self.sums: dict[tuple[int, bool], list[float]] = {}  # (class, drafted) -> weight, tokens, seconds
-        self.latest: dict[tuple[int, bool], float] = {}  # (class, drafted) -> goodput of the latest step, all told
+        self.latest: dict[tuple[int, bool], float] = {}  # (class, drafted) -> seconds of the latest step, all told
 
     def observe(self, batch: int, drafted: bool, tokens_per_request: float, seconds: float,
                 switch_seconds: float = 0.0) -> None:
@@ -301,7 +303,7 @@ class MeasuredGoodput:
         weight, tokens, total = self.sums.get(key, (0.0, 0.0, 0.0))
         d = self.decay
         self.sums[key] = [d * weight + 1.0, d * tokens + tokens_per_request, d * total + seconds - switch_seconds]
-        self.latest[key] = tokens_per_request / seconds
+        self.latest[key] = seconds
 
     def _rate(self, batch: int, drafted: bool) -> float | None:
         weight, tokens, seconds = self.sums.get((batch.bit_length(), drafted), (0.0, 0.0, 0.0))
@@ -313,15 +315,40 @@ class MeasuredGoodput:
         drafted, undrafted = self._rate(batch, True), self._rate(batch, False)
         return None if drafted is None or undrafted is None else drafted / undrafted
 
-    def latest_ratio(self, batch: int, drafted: bool) -> float | None:
-        """`ratio`, with the latest step of one choice (drafted or not), all told, in place of
-        its decayed goodput: what taking that choice once cost against the other choice. Needs
-        the other choice measured (`min_steps`), this one only once."""
-        latest = self.latest.get((batch.bit_length(), drafted))
+    def latest_cost(self, batch: int, drafted: bool) -> float:
+        """What the latest step of one choice (drafted or not) cost, all told, beyond what the
+        other choice takes for as many tokens, as a share of that (0 where it cost less, and
+        before both are measured at this class: `min_steps` of the other choice, one step of
+        this one). Its tokens are the choice's decayed mean: one step's acceptance is too noisy
+        to judge it by at small batches (at batch 1 most drafted steps accept nothing).
+
+        Worked example: undrafted steps commit 1 token per request in 0.30 s; the latest
+        drafted step took 1.2 s (0.9 s of it writing owed draft KV) and drafted steps commit
+        1.2 tokens -> undrafted steps take 0.36 s for those: cost 1.2 / 0.36 - 1 = 2.33.
+        """
+        key = (batch.bit_length(), drafted)
         other = self._rate(batch, not drafted)
-        if latest is None or other is None:
+        if key not in self.latest or other is None:
+            return 0.0
+        weight, tokens, _ = self.sums[key]
+        return max(self.latest[key] * other * weight / tokens - 1.0, 0.0)
+
+    def drafting_gain(self, batch: int, steps: int) -> float | None:
+        """Seconds that `steps` drafted steps save against undrafted steps committing as many
+        tokens, at this batch size's class (negative where drafting loses): the most that
+        switching to drafting may cost for it to pay over those steps. Each choice needs one
+        step measured there (a switch weighs a known cost, and one step, exploring, tells
+        more than no measurement); None before.
+
+        Worked example: undrafted steps commit 1 token per request in 0.30 s, drafted ones
+        1.2 in 0.33 s -> each drafted step saves 1.2 * 0.30 - 0.33 = 0.03 s; 16 steps 0.48 s.
+        """
+        key = batch.bit_length()
+        if (key, True) not in self.sums or (key, False) not in self.sums:
             return None
-        return latest / other if drafted else other / latest
+        weight, tokens, seconds = self.sums[(key, True)]
+        _, undrafted_tokens, undrafted_seconds = self.sums[(key, False)]
+        return steps * (tokens * undrafted_seconds / undrafted_tokens - seconds) / weight
 
 
 class Exploration:
@@ -330,38 +357,41 @@ class Exploration:
     A choice's goodput is measured only on the steps that take it: without exploration, after
     a pessimistic turn of the estimates (a hard stretch of traffic, a noisy timing) echo would
     never draft again and never learn that drafting pays once more, and the measurement of
-    undrafted steps would go stale while drafting wins. After `interval` steps in a row of the
-    same choice, the next step takes the other one (an exploration step). An exploration that
-    was clearly dear (it fell behind the choice taken by a wide margin, all told) doubles the
-    wait, up to `max_interval`: where speculation really does not pay (a full batch on a
-    compute-bound device) exploring then costs a vanishing share of the steps; a drafted
-    exploration is dearest there, since it also writes the draft KV that the requests'
-    undrafted steps owe. An exploration that cost little (the choices are close, or the other
-    one is better) brings the wait back to `interval`: it keeps both measurements current, and
-    a measurement gone stale (a slow start-up, traffic that changed) is redone soon. A change
-    of choice restarts the count.
+    undrafted steps would go stale while drafting wins. After a wait of steps in a row of the
+    same choice, the next step takes the other one (an exploration step). The wait keeps what
+    exploring costs to `max_share` of the steps: after an exploration that cost `cost` (beyond
+    the choice taken, as a share of one of its steps, all told) it is cost / max_share steps,
+    at least `interval` (cheap explorations keep both measurements current, and one gone stale
+    is soon redone) and at most `max_interval`. A drafted exploration is dearest where
+    speculation does not pay (a full batch on a compute-bound device), since it also writes
+    the draft KV that the requests' undrafted steps owe: the longer the wait, the more it owes,
+    and the wait grows with it until the requests' lifetimes bound what is owed. A change of
+    choice restarts the count.
 
-    Worked example, interval 2, max_interval 4, drafting clearly never paying: steps draft
-    F F T F F F F T F F F F T ...
+    Worked example, interval 2, max_interval 10, max_share 0.5, exploring cost 1.5 steps
+    each time: F F T F F F T F F F T ... (wait 3); at cost 0.2: F F T F F T (wait 2).
     """
 
-    def __init__(self, interval: int, max_interval: int):
+    def __init__(self, interval: int, max_interval: int, max_share: float):
         if not 0 < interval <= max_interval:
             raise ValueError(f"echo-vllm: exploration needs 0 < interval <= max_interval, got {interval}, {max_interval}")
-        self.interval, self.max_interval = interval, max_interval
-        self.wait = interval
+        if not 0.0 < max_share < 1.0:
+            raise ValueError(f"echo-vllm: exploration needs 0 < max_share < 1, got {max_share}")
+        self.interval, self.max_interval, self.max_share = interval, max_interval, max_share
         self.choice: bool | None = None
         self.in_a_row = 0
 
-    def due(self, choice: bool, clear: bool) -> bool:
+    def wait(self, cost: float) -> int:
+        """Steps in a row of one choice before exploring, after an exploration that cost `cost`."""
+        return min(self.max_interval, max(self.interval, math.ceil(cost / self.max_share)))
+
+    def due(self, choice: bool, cost: float) -> bool:
         """Whether this step explores: takes the other choice than `choice` (draft or not),
-        the one expected to be better; `clear` when it is clearly better: the latest
-        exploration fell behind it by a wide margin."""
+        the one expected to be better; `cost`: what the latest exploration cost."""
         if choice != self.choice:
-            self.choice, self.in_a_row, self.wait = choice, 0, self.interval
-        if self.in_a_row >= self.wait:
+            self.choice, self.in_a_row = choice, 0
+        if self.in_a_row >= self.wait(cost):
             self.in_a_row = 0
-            self.wait = min(2 * self.wait, self.max_interval) if clear else self.interval
             return True
         self.in_a_row += 1
         return False

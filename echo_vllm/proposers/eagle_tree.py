@@ -80,13 +80,14 @@ MIN_DRAFTED_STEPS = 32
 # Draft tokens all rejected after which echo warns that the head may not fit the target.
 NO_ACCEPTANCE_WARNING_DRAFTS = 1000
 # Steps in a row of one choice (draft or not) after which one step takes the other
-# (core.budget.Exploration): every 16 steps while the choices are not yet both measured or an
-# exploration costs at most CLEAR_MARGIN of one step against the choice taken (< 1 % of the
-# steps' time), and, after an exploration that cost more, all told, twice as many each time,
-# up to 1024: ~1/1024 of the steps where speculation clearly does not pay.
+# (core.budget.Exploration): at least 16, at most 1024, and as many as keep what exploring
+# costs, all told, to 1 % of the steps' time.
 EXPLORATION_INTERVAL = 16
 MAX_EXPLORATION_INTERVAL = 1024
-CLEAR_MARGIN = 0.1
+MAX_EXPLORATION_SHARE = 0.01
+# Drafted steps a switch from not drafting to drafting must pay for itself over (it writes
+# the draft KV the undrafted steps owed): the shortest run of a choice before it is explored.
+SWITCH_HORIZON_STEPS = EXPLORATION_INTERVAL
 
 
 def kv_layout_of(device: torch.device) -> KvLayout:
@@ -110,6 +111,9 @@ class EchoProposer(EagleProposer):
         # processing (measured as the time between two drafting calls, less the drafting
         # and the target pass between them; the runner times the pass).
         self.step_overhead = LinearCost()
+        # Writing the draft KV that undrafted steps owed, by the rows owed: the price of a
+        # switch to drafting.
+        self.catch_up_cost = LinearCost()
         self.last_pass_seconds: float | None = None
         self._last_propose: _DraftingCall | None = None
         self.acceptance_curve = AcceptanceCurve(echo_config.num_draft_tokens - 1)
@@ -136,6 +140,7 @@ class EchoProposer(EagleProposer):
         # per batch-size class, as the measurements are: a batch filling up or draining passes
         # through smaller classes, whose choices must not restart the wait of the full batch's
         self.explorations: dict[int, Exploration] = {}
+        self.max_exploration_share = MAX_EXPLORATION_SHARE
         self.exploring = False  # this step drafts although not drafting was expected to be better
         self.num_exploration_steps = 0
         # by request id: first-pass inputs whose draft KV is owed; requests with a hole
@@ -189,7 +194,9 @@ class EchoProposer(EagleProposer):
         req_ids = self.model_runner.input_batch.req_ids[:batch]
         called = time.perf_counter()
         self._observe_step(called, req_ids)
-        if not self._speculation_pays(batch):
+        owed_rows = sum(self.owed_rows[req_id].end - self.owed_rows[req_id].start
+                        for req_id in req_ids if req_id in self.owed_rows)
+        if not self._speculation_pays(batch, owed_rows):
             self._owe_first_pass(req_ids, target_token_ids, target_positions, target_hidden_states,
                                  next_token_ids, token_indices_to_sample, common_attn_metadata)
             self.drafted_trees = self.drafted_calibration = None
@@ -199,6 +206,8 @@ class EchoProposer(EagleProposer):
         self._catch_up(req_ids, target_positions, common_attn_metadata)
         started = time.perf_counter()
         catch_up_seconds = started - called
+        if owed_rows:
+            self.catch_up_cost.observe(owed_rows, catch_up_seconds)
         root_logits_hidden, root_hidden, root_positions, cad = self._first_pass(
             target_token_ids, target_positions, target_hidden_states, next_token_ids,
             token_indices_to_sample, common_attn_metadata,
@@ -313,12 +322,13 @@ class EchoProposer(EagleProposer):
 
     # ---- steps not drafted ------------------------------------------------------------
 
-    def _speculation_pays(self, batch: int) -> bool:
+    def _speculation_pays(self, batch: int, owed_rows: int) -> bool:
         """Echo with the auto budget drafts a step only when speculation is expected to beat
         a plain step at this batch size: as measured (core.budget.MeasuredGoodput) once
         drafted and undrafted steps were both measured at this batch size, as its model
-        predicts (core.budget.speculation_pays) before; not while its latest drafted step, all
-        told, fell clearly behind undrafted ones. Until the target's cost model is
+        predicts (core.budget.speculation_pays) before; and, when the batch owes `owed_rows`
+        rows of draft KV from undrafted steps, only if what drafting gains over the next
+        SWITCH_HORIZON_STEPS steps covers writing them. Until the target's cost model is
         measured and MIN_DRAFTED_STEPS steps were drafted, it drafts; and now and then a step
         takes the other choice (core.budget.Exploration). The same decision on every rank."""
         self.exploring = False
@@ -329,26 +339,24 @@ class EchoProposer(EagleProposer):
         pays = (ratio >= 1.0 if ratio is not None else
                 speculation_pays(batch, self.acceptance_curve, self.cost_model, self.draft_cost(batch),
                                  self.step_seconds_besides_drafting(batch)))
-        # The latest drafted step, all told, against undrafted steps (known as soon as one
-        # drafted step follows measured undrafted ones, before drafting has a ratio): after
-        # undrafted steps it also wrote the draft KV they owed, so where it fell clearly behind,
-        # switching is dear (a full batch) and is not taken on a close ratio or the model's
-        # word, and the next exploration waits longer. Drafting, an undrafted step that fell
-        # clearly behind lengthens the wait likewise.
-        drafted_latest = measured.latest_ratio(batch, drafted=True)
-        if drafted_latest is not None and drafted_latest < 1.0 - CLEAR_MARGIN:
-            pays = False
-        undrafted_latest = measured.latest_ratio(batch, drafted=False)
-        if pays:
-            clear = undrafted_latest is not None and undrafted_latest > 1.0 + CLEAR_MARGIN
-        else:
-            clear = drafted_latest is not None and drafted_latest < 1.0 - CLEAR_MARGIN
-        shared_pays, shared_clear = (bool(x) for x in same_on_every_rank([float(pays), float(clear)]))
+        # A switch is dear on a full batch (on this CPU at batch 64, 6,000 owed rows, prompts
+        # included, took about 3 s: ten plain steps): it is not taken on a close ratio or the
+        # model's word, nor where nothing measured the gain at this class yet (exploring
+        # will). Once an exploration paid for it, nothing is owed and the ratio alone decides.
+        if pays and owed_rows:
+            gain, switch_seconds = measured.drafting_gain(batch, SWITCH_HORIZON_STEPS), self.catch_up_cost(owed_rows)
+            if switch_seconds is not None and (gain is None or gain < switch_seconds):
+                pays = False
+        # What the latest exploration cost, all told (a drafted one also wrote the draft KV
+        # owed), sets the wait for the next one.
+        cost = measured.latest_cost(batch, drafted=not pays)
+        shared_pays, shared_cost = same_on_every_rank([float(pays), cost])
+        shared_pays = bool(shared_pays)
         exploration = self.explorations.get(batch.bit_length())
         if exploration is None:  # not setdefault: that would build one every step
-            exploration = self.explorations[batch.bit_length()] = Exploration(EXPLORATION_INTERVAL,
-                                                                               MAX_EXPLORATION_INTERVAL)
-        explore = exploration.due(shared_pays, shared_clear)
+            exploration = self.explorations[batch.bit_length()] = Exploration(
+                EXPLORATION_INTERVAL, MAX_EXPLORATION_INTERVAL, self.max_exploration_share)
+        explore = exploration.due(shared_pays, shared_cost)
         self.num_exploration_steps += explore
         self.exploring = explore and not shared_pays
         return shared_pays != explore

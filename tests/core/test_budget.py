@@ -187,19 +187,19 @@ def test_acceptance_curve_scales_the_drafts_belief_to_what_the_target_accepts():
     assert torch.allclose(curve.gains(2, torch.tensor([2])), torch.tensor([1.0], dtype=torch.float64), atol=2e-3)
 
 
-def test_exploration_waits_twice_as_long_while_the_choice_is_clear():
-    exploration = Exploration(interval=2, max_interval=4)
-    due = [exploration.due(choice=False, clear=True) for _ in range(13)]
-    assert due == [False, False, True, False, False, False, False, True, False, False, False, False, True]
+def test_exploration_waits_long_enough_to_keep_its_cost_share():
+    exploration = Exploration(interval=2, max_interval=10, max_share=0.5)
+    assert [exploration.due(choice=False, cost=0.0) for _ in range(3)] == [False, False, True]  # nothing known
+    assert [exploration.due(choice=False, cost=1.5) for _ in range(8)] == [False, False, False, True] * 2
+    assert [exploration.due(choice=False, cost=0.2) for _ in range(3)] == [False, False, True]  # cheap: interval
+    assert [exploration.due(choice=False, cost=50.0) for _ in range(11)] == [False] * 10 + [True]  # max_interval
     # a change of choice restarts the count, and explores the other way (an undrafted step)
-    assert [exploration.due(choice=True, clear=True) for _ in range(3)] == [False, False, True]
+    exploration.due(choice=False, cost=0.0)
+    assert [exploration.due(choice=True, cost=0.0) for _ in range(3)] == [False, False, True]
     with pytest.raises(ValueError, match="interval"):
-        Exploration(interval=8, max_interval=4)
-
-
-def test_exploration_keeps_the_short_wait_while_the_choice_is_close():
-    exploration = Exploration(interval=2, max_interval=4)
-    assert [exploration.due(choice=True, clear=False) for _ in range(9)] == [False, False, True] * 3
+        Exploration(interval=8, max_interval=4, max_share=0.01)
+    with pytest.raises(ValueError, match="max_share"):
+        Exploration(interval=2, max_interval=4, max_share=0.0)
 
 
 def test_measured_goodput_worked_example_and_batch_classes():
@@ -230,36 +230,43 @@ def test_measured_goodput_follows_recent_steps():
     assert measured.ratio(1) == pytest.approx(1.5, rel=1e-3)
 
 
-def test_latest_ratio_puts_one_choices_newest_step_against_the_others_goodput():
-    measured = MeasuredGoodput(min_steps=2, decay=1.0)
-    for _ in range(4):
-        measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.1)  # 10 tokens/s
-        measured.observe(1, drafted=True, tokens_per_request=1.0, seconds=0.2)  # 5: a slow start
-    measured.observe(1, drafted=True, tokens_per_request=1.5, seconds=0.125)  # 12 now
-    assert measured.ratio(1) == pytest.approx((5.5 / 0.925) / 10.0)  # still far behind
-    assert measured.latest_ratio(1, drafted=True) == pytest.approx(1.2)  # but its newest step leads
-    assert measured.latest_ratio(1, drafted=False) == pytest.approx((5.5 / 0.925) / 10.0)
-    assert measured.latest_ratio(4, drafted=True) is None
-
-
-def test_switch_seconds_count_in_the_latest_step_only():
+def test_latest_cost_worked_example():
     """A drafted exploration among undrafted steps writes the draft KV they owed: not a cost of
     drafting step after step (the ratio), but of that exploration (its latest step)."""
-    measured = MeasuredGoodput(min_steps=2, decay=1.0)
-    for _ in range(4):
-        measured.observe(64, drafted=False, tokens_per_request=1.0, seconds=0.3)
-    for _ in range(2):
-        measured.observe(64, drafted=True, tokens_per_request=1.2, seconds=2.36, switch_seconds=2.0)
-    assert measured.ratio(64) == pytest.approx((1.2 / 0.36) / (1.0 / 0.3))  # 1.0: close
-    assert measured.latest_ratio(64, drafted=True) == pytest.approx((1.2 / 2.36) / (1.0 / 0.3))  # 0.15: dear
-
-
-def test_latest_ratio_needs_one_step_of_its_choice():
-    """A single drafted exploration after measured undrafted steps already tells what it cost."""
     measured = MeasuredGoodput(min_steps=4, decay=1.0)
     for _ in range(4):
         measured.observe(64, drafted=False, tokens_per_request=1.0, seconds=0.3)
+    assert measured.latest_cost(64, drafted=True) == 0.0  # no drafted step yet
     measured.observe(64, drafted=True, tokens_per_request=1.2, seconds=1.2, switch_seconds=0.9)
     assert measured.ratio(64) is None  # drafting step after step: not yet measured
-    assert measured.latest_ratio(64, drafted=True) == pytest.approx((1.2 / 1.2) / (1.0 / 0.3))
-    assert measured.latest_ratio(64, drafted=False) is None
+    assert measured.latest_cost(64, drafted=True) == pytest.approx(1.2 / 0.36 - 1.0)  # one step suffices
+    assert measured.latest_cost(64, drafted=False) == 0.0  # drafting not measured: min_steps
+    assert measured.latest_cost(32, drafted=True) == 0.0  # another class
+
+
+def test_latest_cost_takes_the_latest_step_at_its_choices_mean_tokens():
+    """At batch 1 most drafted steps accept nothing: such a step, as fast as the others, costs
+    nothing; a slow one does, and a fast one costs nothing (not less than nothing)."""
+    measured = MeasuredGoodput(min_steps=2, decay=1.0)
+    for _ in range(4):
+        measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.05)
+        measured.observe(1, drafted=True, tokens_per_request=2.0, seconds=0.06)
+    measured.observe(1, drafted=True, tokens_per_request=1.0, seconds=0.06)
+    assert measured.latest_cost(1, drafted=True) == 0.0  # 1.8 tokens' worth of undrafted steps: 0.09 s
+    measured.observe(1, drafted=True, tokens_per_request=1.0, seconds=0.18)
+    assert measured.latest_cost(1, drafted=True) == pytest.approx(0.18 / (0.05 * 10.0 / 6) - 1.0)
+    # an undrafted step among drafted ones, against drafting's 10 tokens in 0.48 s
+    measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.1)
+    assert measured.latest_cost(1, drafted=False) == pytest.approx(0.1 / (0.48 / 10.0) - 1.0)
+
+
+def test_drafting_gain_worked_example():
+    measured = MeasuredGoodput(min_steps=2, decay=1.0)
+    measured.observe(64, drafted=True, tokens_per_request=1.2, seconds=0.33)
+    assert measured.drafting_gain(64, 16) is None  # undrafted steps not measured yet
+    measured.observe(64, drafted=False, tokens_per_request=1.0, seconds=0.3)
+    assert measured.drafting_gain(64, 16) == pytest.approx(0.48)  # one step of each suffices
+    measured.observe(64, drafted=False, tokens_per_request=1.0, seconds=0.3)
+    measured.observe(64, drafted=True, tokens_per_request=1.0, seconds=1.33, switch_seconds=1.0)
+    assert measured.drafting_gain(64, 16) == pytest.approx(16 * (2.2 * 0.3 - 0.66) / 2)  # 0: even
+    assert measured.drafting_gain(32, 16) is None  # another class

@@ -59,7 +59,7 @@ def policy_llm(request, tiny_target, tiny_head, reference):
         # The random head's confidence is so low that speculation would never pay and echo
         # would stop drafting (tests/e2e/test_undrafted_steps.py); here every step drafts,
         # so that the budget and the gate are what is tested.
-        llm.collective_rpc(lambda wrapper: setattr(wrapper.model_runner.drafter, "_speculation_pays", lambda batch: True))
+        llm.collective_rpc(lambda wrapper: setattr(wrapper.model_runner.drafter, "_speculation_pays", lambda batch, owed_rows: True))
     yield request.param, llm
     shutdown(llm)
 

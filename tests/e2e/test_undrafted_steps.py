@@ -31,6 +31,9 @@ def reference(tiny_target):
 def echo(tiny_target, tiny_head, reference):
     llm = LLM(model=tiny_target, **TINY_ENGINE, speculative_config={"method": "echo", "model": tiny_head, **ECHO})
     install_oracle(llm, {tuple(p["prompt_token_ids"]): r for p, r in zip(PROMPTS, reference)})
+    # exploring may cost almost every step's time: the wait stays at its floor of
+    # EXPLORATION_INTERVAL steps, so that this module's few hundred steps see explorations
+    llm.collective_rpc(lambda wrapper: setattr(wrapper.model_runner.drafter, "max_exploration_share", 0.99))
     yield llm
     shutdown(llm)
 
@@ -44,8 +47,9 @@ def test_a_head_that_never_pays_stops_drafting_but_explores(echo, reference):
         assert generate(echo, PROMPTS) == reference
     undrafted = drafter_value(echo, "num_undrafted_steps")
     assert undrafted > EXPLORATION_INTERVAL
-    # one step drafted after each EXPLORATION_INTERVAL undrafted ones in a row, to keep its
-    # estimates current (fewer if a timing made a step pay in between: the count restarts)
+    # one step drafted after each EXPLORATION_INTERVAL undrafted ones in a row (the fixture's
+    # exploration share), to keep its estimates current (fewer if a timing made a step pay
+    # in between: the count restarts)
     assert 1 <= drafter_value(echo, "num_exploration_steps") <= undrafted // EXPLORATION_INTERVAL
     assert drafter_value(echo, "owed_rows") == {}  # every request finished: nothing kept
 
@@ -63,7 +67,7 @@ def force_pattern(drafted: int, undrafted: int):
         drafter.expected_kv = {}  # request id -> {slot: (k, v) the first pass wrote}
         drafter.catch_up_errors = []  # per request caught up: max abs difference
 
-        def speculation_pays(batch):
+        def speculation_pays(batch, owed_rows):
             drafter.pattern_step += 1
             return (drafter.pattern_step - 1) % (drafted + undrafted) < drafted
 
