@@ -194,8 +194,7 @@ class EchoProposer(EagleProposer):
         req_ids = self.model_runner.input_batch.req_ids[:batch]
         called = time.perf_counter()
         self._observe_step(called, req_ids)
-        owed_rows = sum(self.owed_rows[req_id].end - self.owed_rows[req_id].start
-                        for req_id in req_ids if req_id in self.owed_rows)
+        owed_rows = sum(self.owed_rows[req_id].num_rows for req_id in req_ids if req_id in self.owed_rows)
         if not self._speculation_pays(batch, owed_rows):
             self._owe_first_pass(req_ids, target_token_ids, target_positions, target_hidden_states,
                                  next_token_ids, token_indices_to_sample, common_attn_metadata)
@@ -725,7 +724,11 @@ class OwedRows:
         self.tokens.append(tokens)
         self.hidden.append(hidden)
         self.end = first + len(tokens)
-        return self.end - self.start <= MAX_OWED_ROWS
+        return self.num_rows <= MAX_OWED_ROWS
+
+    @property
+    def num_rows(self) -> int:
+        return self.end - self.start
 
     def rows_before(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The owed rows at positions below `position`: tokens [n], hidden [n, Hd]."""
