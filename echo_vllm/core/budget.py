@@ -280,19 +280,24 @@ class MeasuredGoodput:
     the next one (drafting, the engine's work between passes, the target pass that verifies
     the drafts) and the tokens that pass committed per request (1 + accepted drafts). Each
     choice keeps decayed sums per class, so its recent steps count most, and its latest step.
-    `ratio` compares the two choices once both hold `min_steps` steps' weight in the batch's
-    class. A step's `switch_seconds`, work it did only because earlier steps took the other
-    choice (the draft KV that undrafted steps owe, written by the next drafted step), is left
-    out of the sums, which measure a choice as if it were taken step after step, and kept in
-    its latest step's seconds, which are what taking the choice once cost all told.
+    Seconds decay by step (`decay` per newer step of the choice); tokens by request
+    (`request_decay` per request of a newer step): a step's acceptance is one draw per
+    request, so at batch 1 it is as noisy as one request's luck (mostly 1 or 2 tokens) and
+    needs about 1 / (1 - request_decay) steps to settle, while at batch 64 one step is 64
+    draws. `ratio` compares the two choices once both hold `min_steps` steps' weight in the
+    batch's class. A step's `switch_seconds`, work it did only because earlier steps took the
+    other choice (the draft KV that undrafted steps owe, written by the next drafted step), is
+    left out of the sums, which measure a choice as if it were taken step after step, and kept
+    in its latest step's seconds, which are what taking the choice once cost all told.
 
     Worked example: undrafted steps at batch 1 commit 1 token in 0.10 s (10 tokens/s),
     drafted ones 1.3 tokens in 0.12 s (10.8 tokens/s) -> ratio 1.083: drafting pays.
     """
 
-    def __init__(self, min_steps: float = 4.0, decay: float = 0.9):
-        self.min_steps, self.decay = min_steps, decay
-        self.sums: dict[tuple[int, bool], list[float]] = {}  # (class, drafted) -> weight, tokens, seconds
+    def __init__(self, min_steps: float = 4.0, decay: float = 0.9, request_decay: float = 0.99):
+        self.min_steps, self.decay, self.request_decay = min_steps, decay, request_decay
+        # (class, drafted) -> step weight, seconds, request weight, tokens (per request, summed)
+        self.sums: dict[tuple[int, bool], list[float]] = {}
         self.latest: dict[tuple[int, bool], float] = {}  # (class, drafted) -> seconds of the latest step, all told
 
     def observe(self, batch: int, drafted: bool, tokens_per_request: float, seconds: float,
@@ -300,14 +305,21 @@ class MeasuredGoodput:
         """One step's outcome: the tokens it committed per request, its seconds, and of those
         the seconds spent switching from the other choice."""
         key = (batch.bit_length(), drafted)
-        weight, tokens, total = self.sums.get(key, (0.0, 0.0, 0.0))
-        d = self.decay
-        self.sums[key] = [d * weight + 1.0, d * tokens + tokens_per_request, d * total + seconds - switch_seconds]
+        steps, total, requests, tokens = self.sums.get(key, (0.0, 0.0, 0.0, 0.0))
+        d, r = self.decay, self.request_decay ** batch
+        self.sums[key] = [d * steps + 1.0, d * total + seconds - switch_seconds,
+                          r * requests + batch, r * tokens + tokens_per_request * batch]
         self.latest[key] = seconds
 
+    def _means(self, batch: int, drafted: bool, min_steps: float) -> tuple[float, float] | None:
+        """(tokens per request, seconds per step) of one choice at this batch size's class,
+        once it holds `min_steps` steps' weight there."""
+        steps, seconds, requests, tokens = self.sums.get((batch.bit_length(), drafted), (0.0, 0.0, 0.0, 0.0))
+        return (tokens / requests, seconds / steps) if steps >= min_steps and steps > 0.0 else None
+
     def _rate(self, batch: int, drafted: bool) -> float | None:
-        weight, tokens, seconds = self.sums.get((batch.bit_length(), drafted), (0.0, 0.0, 0.0))
-        return tokens / seconds if weight >= self.min_steps and seconds > 0.0 else None
+        means = self._means(batch, drafted, self.min_steps)
+        return means[0] / means[1] if means is not None and means[1] > 0.0 else None
 
     def ratio(self, batch: int) -> float | None:
         """Goodput of drafted steps over undrafted ones at this batch size's class; None until
@@ -319,8 +331,8 @@ class MeasuredGoodput:
         """What the latest step of one choice (drafted or not) cost, all told, beyond what the
         other choice takes for as many tokens, as a share of that (0 where it cost less, and
         before both are measured at this class: `min_steps` of the other choice, one step of
-        this one). Its tokens are the choice's decayed mean: one step's acceptance is too noisy
-        to judge it by at small batches (at batch 1 most drafted steps accept nothing).
+        this one). Its tokens are the choice's mean: one step's acceptance is too noisy to
+        judge it by at small batches (at batch 1 most drafted steps accept nothing).
 
         Worked example: undrafted steps commit 1 token per request in 0.30 s; the latest
         drafted step took 1.2 s (0.9 s of it writing owed draft KV) and drafted steps commit
@@ -330,8 +342,8 @@ class MeasuredGoodput:
         other = self._rate(batch, not drafted)
         if key not in self.latest or other is None:
             return 0.0
-        weight, tokens, _ = self.sums[key]
-        return max(self.latest[key] * other * weight / tokens - 1.0, 0.0)
+        tokens, _ = self._means(batch, drafted, 0.0)
+        return max(self.latest[key] * other / tokens - 1.0, 0.0)
 
     def drafting_gain(self, batch: int, steps: int) -> float | None:
         """Seconds that `steps` drafted steps save against undrafted steps committing as many
@@ -343,12 +355,11 @@ class MeasuredGoodput:
         Worked example: undrafted steps commit 1 token per request in 0.30 s, drafted ones
         1.2 in 0.33 s -> each drafted step saves 1.2 * 0.30 - 0.33 = 0.03 s; 16 steps 0.48 s.
         """
-        key = batch.bit_length()
-        if (key, True) not in self.sums or (key, False) not in self.sums:
+        drafted, undrafted = self._means(batch, True, 1.0), self._means(batch, False, 1.0)
+        if drafted is None or undrafted is None:
             return None
-        weight, tokens, seconds = self.sums[(key, True)]
-        _, undrafted_tokens, undrafted_seconds = self.sums[(key, False)]
-        return steps * (tokens * undrafted_seconds / undrafted_tokens - seconds) / weight
+        (tokens, seconds), (undrafted_tokens, undrafted_seconds) = drafted, undrafted
+        return steps * (tokens * undrafted_seconds / undrafted_tokens - seconds)
 
 
 class Exploration:

@@ -203,7 +203,7 @@ def test_exploration_waits_long_enough_to_keep_its_cost_share():
 
 
 def test_measured_goodput_worked_example_and_batch_classes():
-    measured = MeasuredGoodput(min_steps=3, decay=1.0)
+    measured = MeasuredGoodput(min_steps=3, decay=1.0, request_decay=1.0)
     for _ in range(3):
         measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.10)
         assert measured.ratio(1) is None  # drafted steps not measured yet
@@ -220,7 +220,7 @@ def test_measured_goodput_worked_example_and_batch_classes():
 
 
 def test_measured_goodput_follows_recent_steps():
-    measured = MeasuredGoodput(min_steps=1, decay=0.5)
+    measured = MeasuredGoodput(min_steps=1, decay=0.5, request_decay=0.5)
     measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.1)
     for _ in range(3):
         measured.observe(1, drafted=True, tokens_per_request=1.0, seconds=0.2)  # drafts all rejected
@@ -230,10 +230,32 @@ def test_measured_goodput_follows_recent_steps():
     assert measured.ratio(1) == pytest.approx(1.5, rel=1e-3)
 
 
+def test_measured_tokens_settle_by_requests_and_seconds_by_steps():
+    """At batch 1 a drafted step commits 1 or 2 tokens as one request's luck has it: a run of
+    misses must not turn the choice, while a slower pass shows within a few steps. At batch 64
+    one step is 64 draws: its tokens follow the latest steps."""
+    measured = MeasuredGoodput(min_steps=4, decay=0.9, request_decay=0.99)
+    for step in range(300):
+        measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.100)
+        measured.observe(1, drafted=True, tokens_per_request=2.0 if step % 10 < 3 else 1.0, seconds=0.110)
+    assert measured.ratio(1) == pytest.approx(1.3 / 1.1, rel=0.02)
+    for _ in range(8):  # eight misses in a row (p = 0.06 at 30 % acceptance)
+        measured.observe(1, drafted=True, tokens_per_request=1.0, seconds=0.110)
+    assert measured.ratio(1) > 1.1
+    for _ in range(10):  # drafted steps turn slower
+        measured.observe(1, drafted=True, tokens_per_request=1.0, seconds=0.150)
+    assert measured.ratio(1) < 1.0
+    for _ in range(8):
+        measured.observe(64, drafted=False, tokens_per_request=1.0, seconds=0.3)
+        measured.observe(64, drafted=True, tokens_per_request=1.3, seconds=0.33)
+    measured.observe(64, drafted=True, tokens_per_request=1.0, seconds=0.33)
+    assert measured.ratio(64) == pytest.approx((1.3 * 0.53 + 0.47) / 1.1, rel=0.01)
+
+
 def test_latest_cost_worked_example():
     """A drafted exploration among undrafted steps writes the draft KV they owed: not a cost of
     drafting step after step (the ratio), but of that exploration (its latest step)."""
-    measured = MeasuredGoodput(min_steps=4, decay=1.0)
+    measured = MeasuredGoodput(min_steps=4, decay=1.0, request_decay=1.0)
     for _ in range(4):
         measured.observe(64, drafted=False, tokens_per_request=1.0, seconds=0.3)
     assert measured.latest_cost(64, drafted=True) == 0.0  # no drafted step yet
@@ -247,7 +269,7 @@ def test_latest_cost_worked_example():
 def test_latest_cost_takes_the_latest_step_at_its_choices_mean_tokens():
     """At batch 1 most drafted steps accept nothing: such a step, as fast as the others, costs
     nothing; a slow one does, and a fast one costs nothing (not less than nothing)."""
-    measured = MeasuredGoodput(min_steps=2, decay=1.0)
+    measured = MeasuredGoodput(min_steps=2, decay=1.0, request_decay=1.0)
     for _ in range(4):
         measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.05)
         measured.observe(1, drafted=True, tokens_per_request=2.0, seconds=0.06)
@@ -261,7 +283,7 @@ def test_latest_cost_takes_the_latest_step_at_its_choices_mean_tokens():
 
 
 def test_drafting_gain_worked_example():
-    measured = MeasuredGoodput(min_steps=2, decay=1.0)
+    measured = MeasuredGoodput(min_steps=2, decay=1.0, request_decay=1.0)
     measured.observe(64, drafted=True, tokens_per_request=1.2, seconds=0.33)
     assert measured.drafting_gain(64, 16) is None  # undrafted steps not measured yet
     measured.observe(64, drafted=False, tokens_per_request=1.0, seconds=0.3)
