@@ -47,7 +47,7 @@ def use_decision(wrapper, mode: str) -> None:
         drafter.__dict__.pop("_speculation_pays", None)  # back to the class's own method
         return
 
-    def forced(batch: int) -> bool:
+    def forced(batch: int, owed_rows: int) -> bool:
         drafter.exploring = False
         return mode == "draft"
     drafter._speculation_pays = forced
