@@ -315,7 +315,7 @@ class MeasuredGoodput:
         """(tokens per request, seconds per step) of one choice at this batch size's class,
         once it holds `min_steps` steps' weight there."""
         steps, seconds, requests, tokens = self.sums.get((batch.bit_length(), drafted), (0.0, 0.0, 0.0, 0.0))
-        return (tokens / requests, seconds / steps) if steps >= min_steps and steps > 0.0 else None
+        return (tokens / requests, seconds / steps) if steps >= min_steps else None
 
     def _rate(self, batch: int, drafted: bool) -> float | None:
         means = self._means(batch, drafted, self.min_steps)
@@ -342,7 +342,7 @@ class MeasuredGoodput:
         other = self._rate(batch, not drafted)
         if key not in self.latest or other is None:
             return 0.0
-        tokens, _ = self._means(batch, drafted, 0.0)
+        tokens, _ = self._means(batch, drafted, 1.0)  # one step: self.latest has it
         return max(self.latest[key] * other / tokens - 1.0, 0.0)
 
     def drafting_gain(self, batch: int, steps: int) -> float | None:
