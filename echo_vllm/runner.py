@@ -289,7 +289,7 @@ class EchoRunnerMixin:
             if pending is not None and pending.values is not None:
                 predicted += sum(pending.values[: int(step.num_nodes[i])])
                 accepted += len(verdicts[row].accepted_nodes)
-        self.drafter.acceptance_curve.observe_verified(predicted, accepted)
+        self.drafter.observe_acceptance(predicted, accepted)
 
     def _record_calibration(self, step: TreeStep, verdicts: list[Verdict]) -> None:
         """When calibrating: pair each request's drafted-tree statistics with how deep the

@@ -280,42 +280,62 @@ class MeasuredGoodput:
     the next one (drafting, the engine's work between passes, the target pass that verifies
     the drafts) and the tokens that pass committed per request (1 + accepted drafts). Each
     choice keeps decayed sums per class, so its recent steps count most, and its latest step.
-    Seconds decay by step (`decay` per newer step of the choice); tokens by request
-    (`request_decay` per request of a newer step): a step's acceptance is one draw per
-    request, so at batch 1 it is as noisy as one request's luck (mostly 1 or 2 tokens) and
-    needs about 1 / (1 - request_decay) steps to settle, while at batch 64 one step is 64
-    draws. `ratio` compares the two choices once both hold `min_steps` steps' weight in the
-    batch's class. A step's `switch_seconds`, work it did only because earlier steps took the
-    other choice (the draft KV that undrafted steps owe, written by the next drafted step), is
-    left out of the sums, which measure a choice as if it were taken step after step, and kept
-    in its latest step's seconds, which are what taking the choice once cost all told.
+    A step's seconds decay by step (`decay` per newer step of the choice).
 
-    Worked example: undrafted steps at batch 1 commit 1 token in 0.10 s (10 tokens/s),
-    drafted ones 1.3 tokens in 0.12 s (10.8 tokens/s) -> ratio 1.083: drafting pays.
+    Its accepted drafts are one draw per request, as noisy as one request's luck at batch 1
+    (mostly 0 or 1) and about as rare at batch 4 (a few drafted steps there may accept none),
+    so they are not averaged per class. Per class a choice keeps the drafts' *predicted*
+    acceptance per request (the summed path probabilities of the verified nodes: no luck in
+    it, and it follows how many drafts each request verifies at that class); the accepted
+    share of what was predicted is pooled over all classes. Both decay by request
+    (`request_decay` per request of a newer step): the pooled share needs about
+    1 / (1 - request_decay) requests to settle, and at batch 64 one step is 64 draws.
+    Tokens per request = 1 + share x predicted per request.
+
+    `ratio` compares the two choices once both hold `min_steps` steps' weight in the batch's
+    class. A step's `switch_seconds`, work it did only because earlier steps took the other
+    choice (the draft KV that undrafted steps owe, written by the next drafted step), is left
+    out of the sums, which measure a choice as if it were taken step after step, and kept in
+    its latest step's seconds, which are what taking the choice once cost all told.
+
+    Worked example: undrafted steps at batch 1 commit 1 token in 0.10 s (10 tokens/s); drafted
+    ones take 0.12 s and predict 0.5 accepted drafts per request, of which the target accepts
+    60 % -> 1.3 tokens in 0.12 s (10.8 tokens/s): ratio 1.083, drafting pays.
     """
 
     def __init__(self, min_steps: float = 4.0, decay: float = 0.9, request_decay: float = 0.99):
         self.min_steps, self.decay, self.request_decay = min_steps, decay, request_decay
-        # (class, drafted) -> step weight, seconds, request weight, tokens (per request, summed)
+        # (class, drafted) -> step weight, seconds, request weight, predicted drafts (summed)
         self.sums: dict[tuple[int, bool], list[float]] = {}
         self.latest: dict[tuple[int, bool], float] = {}  # (class, drafted) -> seconds of the latest step, all told
+        self.verified = [0.0, 0.0]  # over all classes: predicted, accepted drafts (decayed by request)
 
-    def observe(self, batch: int, drafted: bool, tokens_per_request: float, seconds: float,
+    def observe(self, batch: int, drafted: bool, seconds: float, predicted: float = 0.0, accepted: float = 0.0,
                 switch_seconds: float = 0.0) -> None:
-        """One step's outcome: the tokens it committed per request, its seconds, and of those
-        the seconds spent switching from the other choice."""
+        """One step's outcome: its seconds, its verified drafts' predicted and accepted count
+        (summed over its requests), and of the seconds those spent switching from the other
+        choice."""
         key = (batch.bit_length(), drafted)
-        steps, total, requests, tokens = self.sums.get(key, (0.0, 0.0, 0.0, 0.0))
+        steps, total, requests, predictions = self.sums.get(key, (0.0, 0.0, 0.0, 0.0))
         d, r = self.decay, self.request_decay ** batch
-        self.sums[key] = [d * steps + 1.0, d * total + seconds - switch_seconds,
-                          r * requests + batch, r * tokens + tokens_per_request * batch]
+        self.sums[key] = [d * steps + 1.0, d * total + seconds - switch_seconds, r * requests + batch,
+                          r * predictions + predicted]
         self.latest[key] = seconds
+        if predicted > 0.0:
+            self.verified = [r * self.verified[0] + predicted, r * self.verified[1] + accepted]
+
+    def accepted_share(self) -> float:
+        """Drafts the target accepted per draft the path probabilities predicted, all classes."""
+        predicted, accepted = self.verified
+        return accepted / predicted if predicted > 0.0 else 0.0
 
     def _means(self, batch: int, drafted: bool, min_steps: float) -> tuple[float, float] | None:
         """(tokens per request, seconds per step) of one choice at this batch size's class,
         once it holds `min_steps` steps' weight there."""
-        steps, seconds, requests, tokens = self.sums.get((batch.bit_length(), drafted), (0.0, 0.0, 0.0, 0.0))
-        return (tokens / requests, seconds / steps) if steps >= min_steps else None
+        steps, seconds, requests, predicted = self.sums.get((batch.bit_length(), drafted), (0.0, 0.0, 0.0, 0.0))
+        if steps < min_steps:
+            return None
+        return 1.0 + self.accepted_share() * predicted / requests, seconds / steps
 
     def _rate(self, batch: int, drafted: bool) -> float | None:
         means = self._means(batch, drafted, self.min_steps)

@@ -71,7 +71,8 @@ from echo_vllm.kernels.tree_attention import tree_attention
 ELASTIC_DEPTH_WINDOW = 8
 # Draft-KV rows one request may owe from steps that were not drafted. Beyond it the rows are
 # dropped and the request drafts nothing until it finishes (its draft KV has a hole); this
-# bounds the memory kept (rows x the draft's hidden size) whatever the load does.
+# bounds the memory kept whatever the load does: the inputs of the latest MAX_OWED_ROWS
+# undrafted steps at most, each kept once for all its requests.
 MAX_OWED_ROWS = 256
 # Drafted steps measured (drafting time, acceptance) before echo may decide that a step is
 # not worth drafting: its estimates must not rest on the first, noisiest steps, since steps
@@ -136,7 +137,8 @@ class EchoProposer(EagleProposer):
         # what drafted and undrafted steps really gave, and the steps that take the choice
         # not expected to be better so that both measurements stay current
         self.measured_goodput = MeasuredGoodput()
-        self.accepted_since_propose = 0  # draft tokens the pass since the last decision accepted
+        # the verified drafts' predicted and accepted count since the last decision
+        self.verified_since_propose = (0.0, 0)
         # per batch-size class, as the measurements are: a batch filling up or draining passes
         # through smaller classes, whose choices must not restart the wait of the full batch's
         self.explorations: dict[int, Exploration] = {}
@@ -242,7 +244,6 @@ class EchoProposer(EagleProposer):
         self.num_verified_trees += trees
         self.num_verified_drafts += drafts
         self.num_accepted_drafts += accepted
-        self.accepted_since_propose += accepted
         if self.num_accepted_drafts == 0 and before < NO_ACCEPTANCE_WARNING_DRAFTS <= self.num_verified_drafts:
             logger.warning(
                 "echo-vllm: the target rejected all of the head's first %d draft tokens: is it a head for this "
@@ -303,7 +304,7 @@ class EchoProposer(EagleProposer):
         to drafting, paid once: it is left out of the goodput of drafted steps (an exploration
         pays all of it, and would make drafting step after step look dearer than it is) and
         kept in what the exploration cost (MeasuredGoodput.latest)."""
-        accepted, self.accepted_since_propose = self.accepted_since_propose, 0
+        (predicted, accepted), self.verified_since_propose = self.verified_since_propose, (0.0, 0)
         last = self._last_propose
         if last is None:
             return
@@ -311,8 +312,15 @@ class EchoProposer(EagleProposer):
             self.step_overhead.observe(len(req_ids), now - last.called - last.seconds - self.last_pass_seconds)
         if last.req_ids == set(req_ids):
             batch = len(req_ids)
-            self.measured_goodput.observe(batch, last.drafted, (batch + accepted) / batch, now - last.called,
+            self.measured_goodput.observe(batch, last.drafted, now - last.called, predicted, accepted,
                                           switch_seconds=last.catch_up_seconds)
+
+    def observe_acceptance(self, predicted: float, accepted: int) -> None:
+        """One verification of trees echo drafted: the summed path probabilities of their
+        verified draft nodes and how many of those the target accepted."""
+        self.acceptance_curve.observe_verified(predicted, accepted)
+        self.verified_since_propose = (self.verified_since_propose[0] + predicted,
+                                       self.verified_since_propose[1] + accepted)
 
     def forget(self, req_id: str) -> None:
         """A finished request: nothing is owed for it any more."""
@@ -363,13 +371,16 @@ class EchoProposer(EagleProposer):
     def _owe_first_pass(self, req_ids, target_token_ids, target_positions, target_hidden_states,
                         next_token_ids, token_indices_to_sample, cad) -> None:
         """A step not drafted: keep the first pass's inputs (shifted tokens, combined target
-        hidden states) of each request's valid rows, to write their draft KV later."""
+        hidden states) of each request's valid rows, to write their draft KV later. One copy
+        of the step's inputs, which its requests' owed rows share: on a full batch a copy
+        per request costs more than the rest of this work."""
         hidden = self.model.combine_hidden_states(target_hidden_states)
-        _, last_rows, cad = self.set_inputs_first_pass(
+        num_tokens, last_rows, cad = self.set_inputs_first_pass(
             target_token_ids=target_token_ids, next_token_ids=next_token_ids, target_positions=target_positions,
             target_hidden_states=hidden, token_indices_to_sample=token_indices_to_sample, cad=cad,
             num_rejected_tokens_gpu=None,
         )
+        step = OwedStep(self.input_ids[:num_tokens].clone(), self.hidden_states[:num_tokens].clone())
         starts = cad.query_start_loc_cpu[:-1].tolist()
         ends = (last_rows.cpu() + 1).tolist()  # rows after a request's sampled row were rejected
         first_positions = target_positions[cad.query_start_loc[:-1]].cpu().tolist()
@@ -379,7 +390,7 @@ class EchoProposer(EagleProposer):
             owed = self.owed_rows.get(req_id)
             if owed is None:
                 owed = self.owed_rows[req_id] = OwedRows(first)
-            if not owed.add(first, self.input_ids[start:end].clone(), self.hidden_states[start:end].clone()):
+            if not owed.add(first, step, start, end):
                 del self.owed_rows[req_id]
                 self.undraftable.add(req_id)
 
@@ -699,31 +710,38 @@ class _Growing:
                         None if self.prefix is None else tuple(take(t) for t in self.prefix))
 
 
+@dataclass(frozen=True)
+class OwedStep:
+    """The first-pass inputs of one undrafted step, all its rows: shifted input ids [T] and
+    combined target hidden states [T, Hd]."""
+
+    tokens: torch.Tensor
+    hidden: torch.Tensor
+
+
 @dataclass
 class OwedRows:
     """First-pass inputs of one request's rows whose draft KV was not written (steps not
-    drafted): consecutive positions start..end-1."""
+    drafted): consecutive positions start..end-1, as row ranges of the steps' inputs."""
 
     start: int
     end: int = field(init=False)
-    tokens: list[torch.Tensor] = field(default_factory=list)  # chunks of [n] (the shifted input ids)
-    hidden: list[torch.Tensor] = field(default_factory=list)  # chunks of [n, Hd] (combined target hidden)
+    chunks: list[tuple[OwedStep, int, int]] = field(default_factory=list)  # (step, first row, end row)
 
     def __post_init__(self):
         self.end = self.start
 
-    def add(self, first: int, tokens: torch.Tensor, hidden: torch.Tensor) -> bool:
-        """Rows at positions first..first+n-1. Rows already owed from `first` on are replaced
-        (a request recomputed after preemption). False when the owed rows would leave a hole
-        or exceed MAX_OWED_ROWS: the caller gives the request up."""
+    def add(self, first: int, step: OwedStep, row_start: int, row_end: int) -> bool:
+        """The step's rows row_start..row_end-1, at positions first, first+1, ... Rows already
+        owed from `first` on are replaced (a request recomputed after preemption). False when
+        the owed rows would leave a hole or exceed MAX_OWED_ROWS: the caller gives the request up."""
         if first > self.end:
             return False
         if first < self.end:
-            kept_tokens, kept_hidden = self.rows_before(first)
-            self.tokens, self.hidden, self.start = [kept_tokens], [kept_hidden], min(self.start, first)
-        self.tokens.append(tokens)
-        self.hidden.append(hidden)
-        self.end = first + len(tokens)
+            tokens, hidden = self.rows_before(first)
+            self.chunks, self.start = [(OwedStep(tokens, hidden), 0, len(tokens))], min(self.start, first)
+        self.chunks.append((step, row_start, row_end))
+        self.end = first + row_end - row_start
         return self.num_rows <= MAX_OWED_ROWS
 
     @property
@@ -733,7 +751,9 @@ class OwedRows:
     def rows_before(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The owed rows at positions below `position`: tokens [n], hidden [n, Hd]."""
         count = max(0, min(position, self.end) - self.start)
-        return torch.cat(self.tokens)[:count], torch.cat(self.hidden)[:count]
+        tokens = torch.cat([step.tokens[a:b] for step, a, b in self.chunks])
+        hidden = torch.cat([step.hidden[a:b] for step, a, b in self.chunks])
+        return tokens[:count], hidden[:count]
 
 
 def same_on_every_rank(values: list[float]) -> list[float]:

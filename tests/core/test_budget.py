@@ -205,51 +205,70 @@ def test_exploration_waits_long_enough_to_keep_its_cost_share():
 def test_measured_goodput_worked_example_and_batch_classes():
     measured = MeasuredGoodput(min_steps=3, decay=1.0, request_decay=1.0)
     for _ in range(3):
-        measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.10)
+        measured.observe(1, drafted=False, seconds=0.10)
         assert measured.ratio(1) is None  # drafted steps not measured yet
     for _ in range(3):
-        measured.observe(1, drafted=True, tokens_per_request=1.3, seconds=0.12)
+        measured.observe(1, drafted=True, seconds=0.12, predicted=0.5, accepted=0.3)
     assert measured.ratio(1) == pytest.approx(1.3 / 0.12 / 10.0)
     # batch sizes 4-7 are another class: nothing measured there
     assert measured.ratio(4) is None
     for batch in (4, 7, 5):
-        measured.observe(batch, drafted=False, tokens_per_request=1.0, seconds=0.2)
-        measured.observe(batch, drafted=True, tokens_per_request=1.2, seconds=0.3)
-    assert measured.ratio(6) == pytest.approx(0.8)
-    assert measured.ratio(1) > 1.0  # the classes do not mix
+        measured.observe(batch, drafted=False, seconds=0.2)
+        measured.observe(batch, drafted=True, seconds=0.3, predicted=batch / 3, accepted=batch / 5)
+    assert measured.ratio(6) == pytest.approx((1 + 0.6 / 3) / 1.5)
+    assert measured.ratio(1) > 1.0  # the classes' seconds do not mix
 
 
 def test_measured_goodput_follows_recent_steps():
     measured = MeasuredGoodput(min_steps=1, decay=0.5, request_decay=0.5)
-    measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.1)
+    measured.observe(1, drafted=False, seconds=0.1)
     for _ in range(3):
-        measured.observe(1, drafted=True, tokens_per_request=1.0, seconds=0.2)  # drafts all rejected
+        measured.observe(1, drafted=True, seconds=0.2, predicted=0.5, accepted=0)  # drafts all rejected
     assert measured.ratio(1) == pytest.approx(0.5)
     for _ in range(12):
-        measured.observe(1, drafted=True, tokens_per_request=1.5, seconds=0.1)  # then accepted
+        measured.observe(1, drafted=True, seconds=0.1, predicted=0.5, accepted=0.5)  # then accepted
     assert measured.ratio(1) == pytest.approx(1.5, rel=1e-3)
 
 
-def test_measured_tokens_settle_by_requests_and_seconds_by_steps():
-    """At batch 1 a drafted step commits 1 or 2 tokens as one request's luck has it: a run of
+def test_measured_acceptance_settles_by_requests_and_seconds_by_steps():
+    """At batch 1 a drafted step accepts 0 or 1 drafts as one request's luck has it: a run of
     misses must not turn the choice, while a slower pass shows within a few steps. At batch 64
-    one step is 64 draws: its tokens follow the latest steps."""
+    one step is 64 draws: the acceptance follows the latest steps."""
     measured = MeasuredGoodput(min_steps=4, decay=0.9, request_decay=0.99)
     for step in range(300):
-        measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.100)
-        measured.observe(1, drafted=True, tokens_per_request=2.0 if step % 10 < 3 else 1.0, seconds=0.110)
+        measured.observe(1, drafted=False, seconds=0.100)
+        measured.observe(1, drafted=True, seconds=0.110, predicted=0.5, accepted=1 if step % 10 < 3 else 0)
     assert measured.ratio(1) == pytest.approx(1.3 / 1.1, rel=0.02)
     for _ in range(8):  # eight misses in a row (p = 0.06 at 30 % acceptance)
-        measured.observe(1, drafted=True, tokens_per_request=1.0, seconds=0.110)
+        measured.observe(1, drafted=True, seconds=0.110, predicted=0.5, accepted=0)
     assert measured.ratio(1) > 1.1
     for _ in range(10):  # drafted steps turn slower
-        measured.observe(1, drafted=True, tokens_per_request=1.0, seconds=0.150)
+        measured.observe(1, drafted=True, seconds=0.150, predicted=0.5, accepted=0)
     assert measured.ratio(1) < 1.0
     for _ in range(8):
-        measured.observe(64, drafted=False, tokens_per_request=1.0, seconds=0.3)
-        measured.observe(64, drafted=True, tokens_per_request=1.3, seconds=0.33)
-    measured.observe(64, drafted=True, tokens_per_request=1.0, seconds=0.33)
-    assert measured.ratio(64) == pytest.approx((1.3 * 0.53 + 0.47) / 1.1, rel=0.01)
+        measured.observe(64, drafted=False, seconds=0.3)
+        measured.observe(64, drafted=True, seconds=0.33, predicted=32.0, accepted=19.2)
+    measured.observe(64, drafted=True, seconds=0.33, predicted=32.0, accepted=0)
+    earlier = sum(0.99 ** (64 * k) for k in range(1, 9))  # the 8 steps before, decayed
+    assert measured.accepted_share() == pytest.approx(0.6 * earlier / (earlier + 1.0), rel=0.01)
+
+
+def test_measured_acceptance_is_pooled_over_batch_classes():
+    """A few drafted steps at batch 4 that accepted nothing are bad luck, not a measurement:
+    the share of predicted drafts accepted comes from every class's steps, while each class
+    keeps its own prediction per request and its own seconds."""
+    measured = MeasuredGoodput(min_steps=2, decay=0.9, request_decay=0.99)
+    for step in range(200):
+        measured.observe(1, drafted=True, seconds=0.06, predicted=0.5, accepted=step % 2)
+        measured.observe(1, drafted=False, seconds=0.05)
+    for _ in range(3):
+        measured.observe(4, drafted=False, seconds=0.06)
+        measured.observe(4, drafted=True, seconds=0.065, predicted=1.2, accepted=0)
+    share = measured.accepted_share()
+    assert 0.9 < share < 1.0
+    assert measured.ratio(4) == pytest.approx((1 + share * 0.3) * 0.06 / 0.065)
+    assert measured.ratio(4) > 1.0
+    assert measured.ratio(1) == pytest.approx((1 + share * 0.5) * 0.05 / 0.06)
 
 
 def test_latest_cost_worked_example():
@@ -257,9 +276,9 @@ def test_latest_cost_worked_example():
     drafting step after step (the ratio), but of that exploration (its latest step)."""
     measured = MeasuredGoodput(min_steps=4, decay=1.0, request_decay=1.0)
     for _ in range(4):
-        measured.observe(64, drafted=False, tokens_per_request=1.0, seconds=0.3)
+        measured.observe(64, drafted=False, seconds=0.3)
     assert measured.latest_cost(64, drafted=True) == 0.0  # no drafted step yet
-    measured.observe(64, drafted=True, tokens_per_request=1.2, seconds=1.2, switch_seconds=0.9)
+    measured.observe(64, drafted=True, seconds=1.2, predicted=12.8, accepted=12.8, switch_seconds=0.9)
     assert measured.ratio(64) is None  # drafting step after step: not yet measured
     assert measured.latest_cost(64, drafted=True) == pytest.approx(1.2 / 0.36 - 1.0)  # one step suffices
     assert measured.latest_cost(64, drafted=False) == 0.0  # drafting not measured: min_steps
@@ -271,24 +290,24 @@ def test_latest_cost_takes_the_latest_step_at_its_choices_mean_tokens():
     nothing; a slow one does, and a fast one costs nothing (not less than nothing)."""
     measured = MeasuredGoodput(min_steps=2, decay=1.0, request_decay=1.0)
     for _ in range(4):
-        measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.05)
-        measured.observe(1, drafted=True, tokens_per_request=2.0, seconds=0.06)
-    measured.observe(1, drafted=True, tokens_per_request=1.0, seconds=0.06)
+        measured.observe(1, drafted=False, seconds=0.05)
+        measured.observe(1, drafted=True, seconds=0.06, predicted=1.0, accepted=1)
+    measured.observe(1, drafted=True, seconds=0.06, predicted=1.0, accepted=0)
     assert measured.latest_cost(1, drafted=True) == 0.0  # 1.8 tokens' worth of undrafted steps: 0.09 s
-    measured.observe(1, drafted=True, tokens_per_request=1.0, seconds=0.18)
+    measured.observe(1, drafted=True, seconds=0.18, predicted=1.0, accepted=0)
     assert measured.latest_cost(1, drafted=True) == pytest.approx(0.18 / (0.05 * 10.0 / 6) - 1.0)
     # an undrafted step among drafted ones, against drafting's 10 tokens in 0.48 s
-    measured.observe(1, drafted=False, tokens_per_request=1.0, seconds=0.1)
+    measured.observe(1, drafted=False, seconds=0.1)
     assert measured.latest_cost(1, drafted=False) == pytest.approx(0.1 / (0.48 / 10.0) - 1.0)
 
 
 def test_drafting_gain_worked_example():
     measured = MeasuredGoodput(min_steps=2, decay=1.0, request_decay=1.0)
-    measured.observe(64, drafted=True, tokens_per_request=1.2, seconds=0.33)
+    measured.observe(64, drafted=True, seconds=0.33, predicted=12.8, accepted=12.8)
     assert measured.drafting_gain(64, 16) is None  # undrafted steps not measured yet
-    measured.observe(64, drafted=False, tokens_per_request=1.0, seconds=0.3)
+    measured.observe(64, drafted=False, seconds=0.3)
     assert measured.drafting_gain(64, 16) == pytest.approx(0.48)  # one step of each suffices
-    measured.observe(64, drafted=False, tokens_per_request=1.0, seconds=0.3)
-    measured.observe(64, drafted=True, tokens_per_request=1.0, seconds=1.33, switch_seconds=1.0)
+    measured.observe(64, drafted=False, seconds=0.3)
+    measured.observe(64, drafted=True, seconds=1.33, predicted=12.8, accepted=0, switch_seconds=1.0)
     assert measured.drafting_gain(64, 16) == pytest.approx(16 * (2.2 * 0.3 - 0.66) / 2)  # 0: even
     assert measured.drafting_gain(32, 16) is None  # another class
