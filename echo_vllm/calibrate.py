@@ -41,20 +41,24 @@ def calibration_prompts(source: str, count: int) -> list[list[dict]]:
 def calibrate(target: str, draft: str, out: str, source: str = "training", num_prompts: int = 128,
               batch_size: int = 16, max_tokens: int = 128, steps: int = 5, topk: int = 8,
               num_draft_tokens: int = 32, remaining_num_draft_tokens: int | None = None,
-              records_out: str | None = None) -> dict:
+              records_out: str | None = None, run_batch_size: int | None = None) -> dict:
     """Measure, choose, write `out` (and the raw records to `records_out`, torch.save, for
-    offline studies); returns the file's content."""
+    offline studies); returns the file's content. The gate is chosen for `batch_size`
+    (its costs: the pass's share and the drafting time of a request at that batch size); the
+    prompts run `run_batch_size` at a time (default: batch_size), which changes how long the
+    run takes, not what it records (greedy, gating off)."""
     from vllm import LLM, SamplingParams
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tree = {"steps": steps, "topk": topk, "num_draft_tokens": num_draft_tokens}
     chats = calibration_prompts(source, num_prompts)
-    llm = LLM(model=target, max_num_seqs=batch_size, max_model_len=context_length(target, 2048), **ENGINE,
+    run_batch_size = run_batch_size or batch_size
+    llm = LLM(model=target, max_num_seqs=run_batch_size, max_model_len=context_length(target, 2048), **ENGINE,
               speculative_config={"method": "echo", "model": draft, **tree})
     (cost_points,) = llm.collective_rpc("echo_start_calibration")
     sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
-    for start in tqdm(range(0, len(chats), batch_size), desc="calibrate", unit="batch"):
-        llm.chat(chats[start:start + batch_size], sampling, use_tqdm=False)
+    for start in tqdm(range(0, len(chats), run_batch_size), desc="calibrate", unit="batch"):
+        llm.chat(chats[start:start + run_batch_size], sampling, use_tqdm=False)
     ((records, draft_seconds),) = llm.collective_rpc("echo_calibration_records", args=(batch_size,))
     if not records:
         raise RuntimeError("echo-vllm: calibration recorded no verification steps; give more prompts or tokens")
@@ -74,7 +78,7 @@ def calibrate(target: str, draft: str, out: str, source: str = "training", num_p
         "models": {"target": Path(target).name, "draft": Path(draft).name},
         "fingerprints": {"target": model_fingerprint(target), "draft": model_fingerprint(draft)},
         "measured_with": {"prompts": source, "num_prompts": len(chats), "batch_size": batch_size,
-                          "max_tokens": max_tokens, "records": len(records)},
+                          "run_batch_size": run_batch_size, "max_tokens": max_tokens, "records": len(records)},
         "step_costs": asdict(costs), "cost_model": cost_points,
         "table": {name: [asdict(row) for row in table] for name, table in tables.items()},
     }

@@ -33,7 +33,7 @@ def _calibrate(args: argparse.Namespace) -> None:
 
     calibrate(_target_dir(args.target), args.draft, args.out, args.prompts, args.num_prompts,
               args.batch_size, args.max_tokens, args.steps, args.topk, args.num_draft_tokens,
-              args.remaining_num_draft_tokens, args.records)
+              args.remaining_num_draft_tokens, args.records, args.run_batch_size)
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -212,7 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--prompts", default="training", choices=["training", *DATASETS],
                            help="prompt source (default: the draft-training pool, no benchmark set)")
     calibrate.add_argument("--num-prompts", type=_positive, default=128)
-    calibrate.add_argument("--batch-size", type=_positive, default=16, help="the serving batch size to calibrate for")
+    calibrate.add_argument("--batch-size", type=_positive, default=16,
+                           help="the serving batch size to choose the gate for (its costs per request-step)")
+    calibrate.add_argument("--run-batch-size", type=_positive,
+                           help="prompts run at once (default: --batch-size); the records do not depend on it, "
+                           "only how long the run takes")
     calibrate.add_argument("--max-tokens", type=_positive, default=128)
     calibrate.add_argument("--steps", type=_positive, default=5)
     calibrate.add_argument("--topk", type=_positive, default=8)

@@ -19,7 +19,7 @@ def calibration(tiny_chat_pair, tmp_path_factory):
     target, head = tiny_chat_pair
     out = tmp_path_factory.mktemp("calibration") / "calibration.json"
     argv = ["calibrate", "--target", target, "--draft", head, "--out", str(out), "--num-prompts", "8",
-            "--batch-size", "4", "--max-tokens", "16", "--steps", "3", "--topk", "2", "--num-draft-tokens", "6"]
+            "--batch-size", "1", "--run-batch-size", "4", "--max-tokens", "16", "--steps", "3", "--topk", "2", "--num-draft-tokens", "6"]
     assert cli.main(argv) == 0
     return out
 
@@ -30,6 +30,8 @@ def test_calibration_file_holds_a_choice_and_its_table(calibration):
     assert content["judge_depth"][0] in (1, 2) and 0.0 <= content["threshold"][0] <= 1.0
     assert content["gate_statistic"] in ("frontier_sum", "best_path")
     assert content["measured_with"]["records"] > 8
+    # chosen for a lone request, the prompts run four at a time
+    assert (content["measured_with"]["batch_size"], content["measured_with"]["run_batch_size"]) == (1, 4)
     assert [row["depth"] for row in content["table"]["frontier_sum"]] == [1, 2]
     assert all(0.0 <= row["auc"] <= 1.0 for rows in content["table"].values() for row in rows)
 

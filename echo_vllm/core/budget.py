@@ -349,21 +349,23 @@ class MeasuredGoodput:
 
     def latest_cost(self, batch: int, drafted: bool) -> float:
         """What the latest step of one choice (drafted or not) cost, all told, beyond what the
-        other choice takes for as many tokens, as a share of that (0 where it cost less, and
-        before both are measured at this class: `min_steps` of the other choice, one step of
-        this one). Its tokens are the choice's mean: one step's acceptance is too noisy to
-        judge it by at small batches (at batch 1 most drafted steps accept nothing).
+        other choice takes for as many tokens, in steps of the other choice (0 where it cost
+        less, and before both are measured at this class: `min_steps` of the other choice, one
+        step of this one): what Exploration's wait takes. Its tokens are the choice's mean: one
+        step's acceptance is too noisy to judge it by at small batches (at batch 1 most drafted
+        steps accept nothing).
 
         Worked example: undrafted steps commit 1 token per request in 0.30 s; the latest
         drafted step took 1.2 s (0.9 s of it writing owed draft KV) and drafted steps commit
-        1.2 tokens -> undrafted steps take 0.36 s for those: cost 1.2 / 0.36 - 1 = 2.33.
+        1.2 tokens -> undrafted steps take 0.36 s for those: cost (1.2 - 0.36) / 0.30 = 2.8.
         """
         key = (batch.bit_length(), drafted)
-        other = self._rate(batch, not drafted)
-        if key not in self.latest or other is None:
+        other = self._means(batch, not drafted, self.min_steps)
+        if key not in self.latest or other is None or other[1] <= 0.0:
             return 0.0
         tokens, _ = self._means(batch, drafted, 1.0)  # one step: self.latest has it
-        return max(self.latest[key] * other / tokens - 1.0, 0.0)
+        other_tokens, other_seconds = other
+        return max(self.latest[key] - tokens / other_tokens * other_seconds, 0.0) / other_seconds
 
     def drafting_gain(self, batch: int, steps: int) -> float | None:
         """Seconds that `steps` drafted steps save against undrafted steps committing as many

@@ -280,7 +280,7 @@ def test_latest_cost_worked_example():
     assert measured.latest_cost(64, drafted=True) == 0.0  # no drafted step yet
     measured.observe(64, drafted=True, seconds=1.2, predicted=12.8, accepted=12.8, switch_seconds=0.9)
     assert measured.ratio(64) is None  # drafting step after step: not yet measured
-    assert measured.latest_cost(64, drafted=True) == pytest.approx(1.2 / 0.36 - 1.0)  # one step suffices
+    assert measured.latest_cost(64, drafted=True) == pytest.approx((1.2 - 0.36) / 0.3)  # one step suffices
     assert measured.latest_cost(64, drafted=False) == 0.0  # drafting not measured: min_steps
     assert measured.latest_cost(32, drafted=True) == 0.0  # another class
 
@@ -295,10 +295,10 @@ def test_latest_cost_takes_the_latest_step_at_its_choices_mean_tokens():
     measured.observe(1, drafted=True, seconds=0.06, predicted=1.0, accepted=0)
     assert measured.latest_cost(1, drafted=True) == 0.0  # 1.8 tokens' worth of undrafted steps: 0.09 s
     measured.observe(1, drafted=True, seconds=0.18, predicted=1.0, accepted=0)
-    assert measured.latest_cost(1, drafted=True) == pytest.approx(0.18 / (0.05 * 10.0 / 6) - 1.0)
+    assert measured.latest_cost(1, drafted=True) == pytest.approx((0.18 - 0.05 * 10.0 / 6) / 0.05)
     # an undrafted step among drafted ones, against drafting's 10 tokens in 0.48 s
     measured.observe(1, drafted=False, seconds=0.1)
-    assert measured.latest_cost(1, drafted=False) == pytest.approx(0.1 / (0.48 / 10.0) - 1.0)
+    assert measured.latest_cost(1, drafted=False) == pytest.approx((0.1 - 0.48 / 10.0) / (0.48 / 6))
 
 
 def test_drafting_gain_worked_example():
