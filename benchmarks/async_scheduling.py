@@ -21,7 +21,7 @@ import statistics
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from echo_vllm.assets.models import model_dir  # noqa: E402
-from echo_vllm.bench.offline import engine_options, run, warm_up_of, workloads  # noqa: E402
+from echo_vllm.bench.offline import engine_options, run, warm_up_sampling, workloads  # noqa: E402
 from echo_vllm.bench.plan import build_plan  # noqa: E402
 
 HEAD = "heads/smollm2-135m-eagle3"  # the plan validates one; no engine here drafts
@@ -46,7 +46,7 @@ def main() -> None:
     results = {}
     for w in loads:
         for llm in engines.values():
-            run(llm, warm_up_of(w), sampling)
+            run(llm, w, warm_up_sampling(sampling))
         rates = {name: [] for name in engines}
         for _ in range(args.repetitions):
             for name, llm in engines.items():

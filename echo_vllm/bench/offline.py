@@ -3,7 +3,11 @@
 Memory holds two engines with room, not one per method, so the plain engine stays up and
 each speculative engine starts in turn. For every workload (a dataset at bs 1, or a batch
 size) the two run alternately, plain then method, `repetitions` times after a warm-up: drift
-on a shared machine hits both alike, and each ratio compares medians of the same turns.
+on a shared machine hits both alike, and each ratio compares medians of the same turns. The
+warm-up runs the whole workload (a full batch) with WARM_UP_TOKENS output tokens, so that what
+an engine does once per batch size lands before the measured runs: new pass shapes (the CPU's
+GEMM library builds a kernel per shape), and echo's first measurements there (the first
+drafted step after undrafted ones at a batch size writes the draft KV they owed).
 
 One run of a workload:
   tokens/s      output tokens / wall time (bs 1: the prompts one after another; bs B: B
@@ -26,7 +30,7 @@ from echo_vllm.assets.prompts import chat_messages, load_prompts
 from echo_vllm.bench.plan import BenchPlan
 
 KV_CACHE_BYTES = 1 << 30
-WARM_UP_PROMPTS = 4
+WARM_UP_TOKENS = 32
 SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
                  "vllm:spec_decode_num_accepted_tokens")
 ECHO_COUNTERS = ("budget_sum", "num_budgeted_steps", "num_drafted_steps", "num_undrafted_steps",
@@ -131,17 +135,17 @@ def echo_decisions(before: dict, after: dict) -> dict:
     }
 
 
-def warm_up_of(workload: Workload) -> Workload:
-    """A few of the workload's prompts, at its batch size, run before it is measured."""
-    return Workload(workload.table, workload.key, workload.batch_size, workload.chats[:WARM_UP_PROMPTS],
-                    workload.input_tokens[:WARM_UP_PROMPTS])
+def warm_up_sampling(sampling):
+    """The measured runs' sampling parameters, with at most WARM_UP_TOKENS output tokens."""
+    warm_up = sampling.clone()
+    warm_up.max_tokens = min(WARM_UP_TOKENS, sampling.max_tokens)
+    return warm_up
 
 
 def measure(plain, llm, workload: Workload, sampling, repetitions: int, is_echo: bool, bar) -> dict:
     """Warm-up, then plain and method runs in turns; medians, ranges and acceptance."""
-    warm_up = warm_up_of(workload)
-    run(plain, warm_up, sampling)
-    run(llm, warm_up, sampling)
+    run(plain, workload, warm_up_sampling(sampling))
+    run(llm, workload, warm_up_sampling(sampling))
     counts_before = spec_counts(llm)
     echo_before = echo_counts(llm) if is_echo else None
     rates, plain_rates = [], []

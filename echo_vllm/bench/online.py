@@ -20,7 +20,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
-from echo_vllm.bench.offline import SPEC_COUNTERS, Workload, acceptance, warm_up_of, workloads
+from echo_vllm.bench.offline import SPEC_COUNTERS, WARM_UP_TOKENS, Workload, acceptance, workloads
 from echo_vllm.bench.plan import BenchPlan
 
 PLAIN = "plain"
@@ -118,7 +118,7 @@ def run_online(plan: BenchPlan, servers: dict[str, str], save) -> dict:
         for w in loads:
             results["input_tokens"][f"{w.table} {w.key}"] = statistics.mean(w.input_tokens)
             for name, url in servers.items():
-                asyncio.run(run_async(url, models[name], warm_up_of(w), plan.max_tokens))
+                asyncio.run(run_async(url, models[name], w, min(WARM_UP_TOKENS, plan.max_tokens)))  # warm-up
             counts_before = {name: spec_counts(url) for name, url in servers.items()}
             runs: dict[str, list[dict]] = {name: [] for name in servers}
             for _ in range(plan.repetitions):
