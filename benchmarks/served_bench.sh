@@ -15,13 +15,16 @@ echo "served_bench: server logs in $LOGS"
 HEAD=heads/smollm2-135m-eagle3
 SERVERS=()
 trap 'kill "${SERVERS[@]}" 2>/dev/null; wait' EXIT
-start() {  # name port speculative-config
-  PORT="$2" SPECULATIVE_CONFIG="$3" examples/serve.sh > "$LOGS/$1.log" 2>&1 &
+start() {  # name port [speculative-config; without it, serve.sh's own: echo]
+  (
+    if [ $# -ge 3 ]; then export SPECULATIVE_CONFIG="$3"; else unset SPECULATIVE_CONFIG; fi
+    PORT="$2" exec examples/serve.sh > "$LOGS/$1.log" 2>&1
+  ) &
   SERVERS+=($!)
 }
 start plain 8000 ""
 start eagle3 8001 "{\"method\": \"eagle3\", \"model\": \"$HEAD\", \"num_speculative_tokens\": 2}"
-start echo 8002 "{\"method\": \"echo\", \"model\": \"$HEAD\", \"calibration_file\": \"$HEAD/calibration.json\"}"
+start echo 8002
 for port in 8000 8001 8002; do
   for _ in $(seq 300); do
     curl -sf "http://127.0.0.1:$port/v1/models" > /dev/null && continue 2
