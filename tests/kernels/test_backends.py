@@ -1,0 +1,165 @@
+"""Echo's attention backends: after vLLM's causal kernel, the rows of non-chain trees are
+rewritten with tree attention, and every other row keeps what the base kernel wrote.
+
+CPU: vLLM's real C++ kernel runs on a small paged cache, then echo's rewrite. GPU
+(FlashAttention + Triton) cannot run here: its test replaces FlashAttention's forward and the
+Triton kernel with torch stand-ins and checks only the glue echo adds around them.
+"""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from vllm import _custom_ops as ops
+from vllm.v1.attention.backends import cpu_attn
+from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl, CPUAttentionMetadata
+from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
+
+from echo_vllm.core.tree import ancestor_mask
+from echo_vllm.kernels import gpu_backend
+from echo_vllm.kernels.cpu_backend import EchoCPUAttentionBackendImpl
+from echo_vllm.kernels.gpu_backend import EchoFlashAttentionImpl
+from echo_vllm.kernels.paged_kv import CPU_PACKED, HEAD_MAJOR, prefix_slots, slots_of
+from echo_vllm.kernels.tree_attention import METADATA_ATTRIBUTE, TreeAttentionBatch, tree_attention
+
+HEADS, KV_HEADS, DH, BLOCK, NUM_BLOCKS = 4, 2, 32, 32, 4
+SCALE = 1 / math.sqrt(DH)
+
+# One step of three requests, 8 token rows:
+#   row 0     a plain decode token after 5 cached tokens (no tree)
+#   rows 1-4  tree B, parents [-1, 0, 0, 1], after 30 cached tokens (its nodes cross a block)
+#   rows 5-7  tree C, a star [-1, 0, 0], with an empty prefix; padded to 4 nodes, the padding
+#             repeating row 7 (a wrongly written padding row would overwrite node 2's answer)
+PREFIX_LENS = [5, 30, 0]
+QUERY_LENS = [1, 4, 3]
+BLOCK_TABLE = torch.tensor([[0, 0], [3, 1], [2, 0]], dtype=torch.int32)
+TREE_PARENTS = torch.tensor([[-1, 0, 0, 1], [-1, 0, 0, -1]])
+TREES = TreeAttentionBatch(
+    token_rows=torch.tensor([[1, 2, 3, 4], [5, 6, 7, 7]]),
+    is_node=torch.tensor([[True] * 4, [True, True, True, False]]),
+    mask=ancestor_mask(TREE_PARENTS),
+    block_table=BLOCK_TABLE[1:],
+    prefix_lens=torch.tensor(PREFIX_LENS[1:]),
+    block_size=BLOCK,
+)
+TREE_ROWS = [1, 2, 3, 4, 5, 6, 7]
+
+
+def make_step(seed=0):
+    """K/V of every position of every request, and the step's q, k, v [T, heads, DH]."""
+    g = torch.Generator().manual_seed(seed)
+    seq_kv = [
+        (torch.randn(p + q, KV_HEADS, DH, generator=g), torch.randn(p + q, KV_HEADS, DH, generator=g))
+        for p, q in zip(PREFIX_LENS, QUERY_LENS)
+    ]
+    query = torch.randn(sum(QUERY_LENS), HEADS, DH, generator=g)
+    key = torch.cat([k[p:] for (k, _), p in zip(seq_kv, PREFIX_LENS)])
+    value = torch.cat([v[p:] for (_, v), p in zip(seq_kv, PREFIX_LENS)])
+    return seq_kv, query, key, value
+
+
+def paged_cache(layout, seq_kv):
+    """A cache holding every position's K/V, the step's included (vLLM writes the step's K/V
+    before attention runs)."""
+    cache = torch.zeros(NUM_BLOCKS, KV_HEADS, BLOCK, 2 * DH)
+    for request, (k, v) in enumerate(seq_kv):
+        positions = torch.arange(k.shape[0]).unsqueeze(0)
+        layout.scatter(cache, slots_of(BLOCK_TABLE[request : request + 1], positions, BLOCK)[0], k, v)
+    return cache
+
+
+def expected_tree_rows(seq_kv, query):
+    """tree_attention on the K/V as generated (not read back from the cache), [7, H, DH]."""
+    tree_k, tree_v, prefix_k, prefix_v = [], [], [], []
+    for request, rows in ((1, [0, 1, 2, 3]), (2, [0, 1, 2, 2])):
+        k, v = seq_kv[request]
+        p = PREFIX_LENS[request]
+        tree_k.append(k[p:][rows])
+        tree_v.append(v[p:][rows])
+        prefix_k.append(torch.cat([k[:p], k.new_zeros(max(PREFIX_LENS) - p, KV_HEADS, DH)]))
+        prefix_v.append(torch.cat([v[:p], v.new_zeros(max(PREFIX_LENS) - p, KV_HEADS, DH)]))
+    out = tree_attention(
+        query[TREES.token_rows], torch.stack(tree_k), torch.stack(tree_v), TREES.mask,
+        torch.stack(prefix_k), torch.stack(prefix_v), TREES.prefix_lens, SCALE,
+    )
+    return out[TREES.is_node]
+
+
+@pytest.fixture
+def cpu_impls(monkeypatch):
+    """vLLM's CPU impl and echo's; their constructor reads only the model dtype from the
+    current vLLM config."""
+    config = SimpleNamespace(model_config=SimpleNamespace(dtype=torch.float32))
+    monkeypatch.setattr(cpu_attn, "get_current_vllm_config", lambda: config)
+    args = (HEADS, DH, SCALE, KV_HEADS, None, None, "auto")
+    return CPUAttentionBackendImpl(*args), EchoCPUAttentionBackendImpl(*args)
+
+
+def cpu_metadata(trees):
+    seq_lens = torch.tensor([p + q for p, q in zip(PREFIX_LENS, QUERY_LENS)], dtype=torch.int32)
+    query_start_loc = torch.tensor([0, 1, 5, 8], dtype=torch.int32)
+    metadata = CPUAttentionMetadata(
+        num_actual_tokens=8, max_query_len=4, query_start_loc=query_start_loc,
+        max_seq_len=int(seq_lens.max()), seq_lens=seq_lens, block_table=BLOCK_TABLE,
+        slot_mapping=torch.zeros(8, dtype=torch.int64),  # unused: the cache is already written
+        scheduler_metadata=ops.cpu_attn_get_scheduler_metadata(
+            num_reqs=3, num_heads=HEADS, num_kv_heads=KV_HEADS, head_dim=DH, seq_lens=seq_lens,
+            dtype=torch.float32, query_start_loc=query_start_loc, causal=True,
+            sliding_window_size=-1, isa="vec", enable_kv_split=False,
+        ),
+    )
+    if trees is not None:
+        setattr(metadata, METADATA_ATTRIBUTE, trees)
+    return metadata
+
+
+LAYER = SimpleNamespace(_k_scale_float=1.0, _v_scale_float=1.0)
+
+
+def test_cpu_backend_rewrites_tree_rows_with_tree_attention(cpu_impls):
+    base, echo = cpu_impls
+    seq_kv, query, key, value = make_step()
+    cache = paged_cache(CPU_PACKED, seq_kv)
+    base_out = base.forward(LAYER, query, key, value, cache, cpu_metadata(None), torch.zeros_like(query))
+    echo_out = echo.forward(LAYER, query, key, value, cache, cpu_metadata(TREES), torch.zeros_like(query))
+    expected = expected_tree_rows(seq_kv, query)
+    torch.testing.assert_close(echo_out[TREE_ROWS], expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(echo_out[0], base_out[0])  # the decode row, as vLLM's kernel wrote it
+    # the check has teeth: causally, sibling node 2 (row 3) sees node 1 (row 2)
+    assert not torch.allclose(base_out[3], expected[2], atol=1e-3)
+    # nodes whose causal predecessors are exactly their ancestors get the causal answer back
+    torch.testing.assert_close(echo_out[[1, 2, 5, 6]], base_out[[1, 2, 5, 6]], atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_backend_without_trees_is_vllms_kernel(cpu_impls):
+    base, echo = cpu_impls
+    seq_kv, query, key, value = make_step()
+    cache = paged_cache(CPU_PACKED, seq_kv)
+    base_out = base.forward(LAYER, query, key, value, cache, cpu_metadata(None), torch.zeros_like(query))
+    echo_out = echo.forward(LAYER, query, key, value, cache, cpu_metadata(None), torch.zeros_like(query))
+    assert torch.equal(echo_out, base_out)
+
+
+def torch_tree_attention_paged(query, tree_key, tree_value, tree_mask, key_cache, value_cache,
+                               block_table, prefix_lens, scale):
+    """Stand-in for the Triton kernel (same arguments; caches [num_blocks, bs, Hkv, Dh])."""
+    slots = prefix_slots(block_table, prefix_lens.clamp(min=1), key_cache.shape[1])
+    blocks, offsets = slots // key_cache.shape[1], slots % key_cache.shape[1]
+    return tree_attention(query, tree_key, tree_value, tree_mask, key_cache[blocks, offsets],
+                          value_cache[blocks, offsets], prefix_lens, scale)
+
+
+def test_gpu_backend_glue_rewrites_only_tree_rows(monkeypatch):
+    """FlashAttention and the Triton kernel replaced by torch stand-ins: checks the cache split,
+    row selection and padding handling echo adds around them, nothing about the kernels."""
+    monkeypatch.setattr(FlashAttentionImpl, "forward", lambda self, layer, q, k, v, cache, meta, output: output)
+    monkeypatch.setattr(gpu_backend, "tree_attention_paged", torch_tree_attention_paged)
+    seq_kv, query, key, value = make_step()
+    cache = paged_cache(HEAD_MAJOR, seq_kv)  # FlashAttention's layout
+    impl = EchoFlashAttentionImpl(HEADS, DH, SCALE, KV_HEADS, None, None, "auto")
+    base_out = torch.full_like(query, 7.0)  # what the base kernel "wrote"
+    out = impl.forward(LAYER, query, key, value, cache, SimpleNamespace(**{METADATA_ATTRIBUTE: TREES}),
+                       base_out.clone())
+    torch.testing.assert_close(out[TREE_ROWS], expected_tree_rows(seq_kv, query), atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[0], base_out[0])
