@@ -50,7 +50,7 @@ def main() -> None:
                "echo_undrafted": LLM(model=plan.target, **engine_options(plan, loads),
                                      speculative_config=plan.method_configs()["echo"])}
     engines["echo_undrafted"].collective_rpc(
-        lambda worker: setattr(worker.model_runner.drafter, "_speculation_pays", lambda batch, owed_rows: False))
+        lambda worker: setattr(worker.model_runner.echo_policy, "forced_choice", False))
     sampling = SamplingParams(temperature=0.0, max_tokens=plan.max_tokens, ignore_eos=True)
     results = {}
     for w in loads:

@@ -31,10 +31,10 @@ HEAD = "heads/smollm2-135m-eagle3"
 
 
 def use_memory(wrapper, decay: float, request_decay: float) -> None:
-    """Replace the drafter's measured goodput by an empty one with these decays (runs inside each worker)."""
+    """Replace the batch policy's measured goodput by an empty one with these decays (runs inside each worker)."""
     from echo_vllm.core.budget import MeasuredGoodput
 
-    wrapper.model_runner.drafter.measured_goodput = MeasuredGoodput(decay=decay, request_decay=request_decay)
+    wrapper.model_runner.echo_policy.measured_goodput = MeasuredGoodput(decay=decay, request_decay=request_decay)
 
 
 def main() -> None:

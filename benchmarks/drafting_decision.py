@@ -44,16 +44,8 @@ HEAD = "heads/smollm2-135m-eagle3"
 
 
 def use_decision(wrapper, mode: str) -> None:
-    """Replace the drafter's step decision (runs inside each worker)."""
-    drafter = wrapper.model_runner.drafter
-    if mode == "echo":
-        drafter.__dict__.pop("_speculation_pays", None)  # back to the class's own method
-        return
-
-    def forced(batch: int, owed_rows: int) -> bool:
-        drafter.exploring = False
-        return mode == "draft"
-    drafter._speculation_pays = forced
+    """Force the batch policy's step decision, or let it decide (runs inside each worker)."""
+    wrapper.model_runner.echo_policy.forced_choice = None if mode == "echo" else mode == "draft"
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from echo_vllm.calibration_file import CALIBRATED_KEYS, TREE_KEYS, read_calibration
+from echo_vllm.core.gating import STATISTICS
 
 METHOD = "echo"
 
@@ -40,7 +41,6 @@ MAX_DRAFT_TOKENS = 128
 MAX_STEPS = 32
 MAX_TOPK = 32
 POLICIES = ("static", "ddd", "opt_tree", "echo")
-GATE_STATISTICS = ("frontier_sum", "best_path")  # echo_vllm.core.gating.STATISTICS
 # Verification steps an echo engine without a gate or calibration file spends calibrating
 # its gate online (gating off meanwhile).
 DEFAULT_CALIBRATION_STEPS = 256
@@ -225,7 +225,7 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
         threshold=threshold,
         remaining_num_draft_tokens=remaining,
         policy=policy,
-        gate_statistic=_choice(options, "gate_statistic", "frontier_sum", GATE_STATISTICS),
+        gate_statistic=_choice(options, "gate_statistic", "frontier_sum", STATISTICS),
         budget=_budget(options, "auto" if policy == "echo" else None),
         calibration_file=_path(options, "calibration_file", required=False),
         calibration_steps=_int(options, "calibration_steps",

@@ -1,6 +1,6 @@
 """Echo's state as Prometheus metrics (names prefixed `echo_`) and a line in vLLM's stats log.
 
-The drafter counts its decisions in the worker (`EchoProposer.stats`, cumulative since
+Echo counts its decisions in the worker (`EchoRunnerMixin.echo_stats`, cumulative since
 start-up). The API server's engine client fetches them from tensor-parallel rank 0 at each of
 vLLM's stats log intervals (scheduler_patches/patch_async_llm.py) and hands them to
 `EchoMetrics.observe`: counters advance by the difference, gauges describe the last interval.

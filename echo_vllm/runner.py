@@ -35,16 +35,32 @@ from vllm.forward_context import set_forward_context
 from vllm.v1.outputs import DraftTokenIds
 
 from echo_vllm.core.budget import CostModel, measurement_sizes
-from echo_vllm.core.calibration import NOT_ACCEPTED, choose_gate, step_costs
-from echo_vllm.core.gating import STATISTICS, echo_policy
-from echo_vllm.core.tree import ancestor_mask, node_depths
+from echo_vllm.core.commit import (
+    accepted_moves,
+    branching_trees,
+    flatten_trees,
+    locate_roots,
+    moved_positions,
+    moved_rows,
+    node_positions,
+    node_rows,
+    pad_trees,
+    scheduled_parents,
+)
+from echo_vllm.core.tree import ancestor_mask
 from echo_vllm.core.verify import Verdict
 from echo_vllm.kernels.paged_kv import check_isa, move_kv, slots_of
 from echo_vllm.kernels.tree_attention import METADATA_ATTRIBUTE, TreeAttentionBatch
-from echo_vllm.proposers.eagle_tree import EchoProposer, kv_layout_of, same_on_every_rank
 from echo_vllm.log import logger
+from echo_vllm.proposers.eagle_tree import DraftResult, EchoProposer, kv_layout_of
+from echo_vllm.scheduler_patches.batch_policy import BatchPolicy, log_online_calibration
+from echo_vllm.scheduler_patches.gate_calibration import GateCalibration
+from echo_vllm.stats import EchoCounters
+from echo_vllm.tensor_parallel import same_on_every_rank
 from echo_vllm.tree_sampler import sample_trees
 
+# Draft tokens all rejected after which echo warns that the head may not fit the target.
+NO_ACCEPTANCE_WARNING_DRAFTS = 1000
 
 
 @dataclass(frozen=True)
@@ -73,31 +89,25 @@ class PendingTree:
     calibration: tuple[list[list[float]], list[int]] | None = None
 
 
-def chain_parents(num_nodes: int) -> list[int]:
-    return [-1, *range(num_nodes - 1)]
-
-
 class EchoRunnerMixin:
     """Put echo's proposer and tree verification into vLLM's V1 runner."""
 
     def __init__(self, vllm_config: VllmConfig, device, echo_config):
         super().__init__(vllm_config, device)
         self.echo_config = echo_config
+        self.echo_counters = EchoCounters()
+        self.echo_policy = BatchPolicy(echo_config, self.echo_counters, share=same_on_every_rank)
+        self.echo_calibration = GateCalibration(echo_config, self.echo_policy)
+        log_online_calibration(echo_config)
         if hasattr(self, "drafter"):  # only the last pipeline stage drafts
-            self.drafter = EchoProposer(vllm_config, device, echo_config, runner=self)
+            self.drafter = EchoProposer(vllm_config, device, echo_config, runner=self,
+                                        policy=self.echo_policy, counters=self.echo_counters)
         self._echo_trees: dict[str, PendingTree] = {}
         self._echo_step: TreeStep | None = None
         # token rows (source, destination) of accepted nodes, for the drafter's inputs
         self._echo_row_moves: tuple[torch.Tensor, torch.Tensor] | None = None
         self._echo_target_kv_caches: list[torch.Tensor] | None = None
         self._echo_kv_layout = kv_layout_of(device)
-        # Sweet-Spot calibration records: (gate statistics by depth, accepted path's score
-        # ranks by depth, context), one per request-step whose whole drafted tree was
-        # verified; context = [the request's running accepted length before the step (-1
-        # on its first), its prefix length], for context-aware thresholds
-        self.echo_calibration_records: list[tuple[list[list[float]], list[int], list[float]]] = []
-        self._echo_acceptance_ema: dict[str, float] = {}  # while recording
-        self._echo_online_batch_sizes: list[int] = []  # per step, while calibrating online
         # (start time, tokens) of the target pass in flight, timed for the auto budget
         self._echo_pass_start: tuple[float, int] | None = None
 
@@ -106,19 +116,18 @@ class EchoRunnerMixin:
     def _update_states(self, scheduler_output):
         for req_id in scheduler_output.finished_req_ids:
             self._echo_trees.pop(req_id, None)
-            self._echo_acceptance_ema.pop(req_id, None)
+            self.echo_calibration.forget(req_id)
             if hasattr(self, "drafter"):
                 self.drafter.forget(req_id)
         return super()._update_states(scheduler_output)
 
     def _tree_parents(self, req_id: str, drafts: list[int]) -> list[int]:
-        """Parents of the scheduled drafts: the drafted tree truncated as the scheduler did.
-        Drafts echo did not draft (none pending, or other tokens) verify as a chain, which
-        is just as lossless."""
+        """Parents of the request's scheduled drafts, root included: its pending tree cut where
+        the scheduler cut it, or a chain (core.commit.scheduled_parents)."""
         pending = self._echo_trees.get(req_id)
-        if pending is None or pending.drafts[: len(drafts)] != list(drafts):
-            return chain_parents(len(drafts) + 1)
-        return pending.parent_idx[: len(drafts) + 1]
+        if pending is None:
+            return scheduled_parents(None, None, drafts)
+        return scheduled_parents(pending.drafts, pending.parent_idx, drafts)
 
     # ---- inputs -----------------------------------------------------------------------
 
@@ -128,9 +137,8 @@ class EchoRunnerMixin:
         self._echo_row_moves = None
         if self._echo_step is not None:
             step = self._echo_step
-            rows, nodes = self._node_rows(step)
-            positions = step.prefix_lens.unsqueeze(1) + node_depths(step.parent_idx)
-            self.positions[rows[nodes].to(self.device)] = positions[nodes].to(self.positions)
+            rows, positions = node_positions(step.root_rows, step.num_nodes, step.parent_idx, step.prefix_lens)
+            self.positions[rows.to(self.device)] = positions.to(self.positions)
         return result
 
     def _build_tree_step(self, scheduler_output, num_scheduled_tokens) -> TreeStep | None:
@@ -141,42 +149,30 @@ class EchoRunnerMixin:
         )
         if not drafted:
             return None
-        query_end = self.query_start_loc.np[1:]
         rows = [row for row, _, _ in drafted]
-        sizes = [len(drafts) + 1 for _, _, drafts in drafted]
-        width = max(sizes)
-        parent_idx = torch.full((len(rows), width), -1, dtype=torch.int64)
-        tokens = torch.zeros((len(rows), width), dtype=torch.int64)
-        for i, (row, req_id, drafts) in enumerate(drafted):
-            parent_idx[i, : sizes[i]] = torch.tensor(self._tree_parents(req_id, drafts))
-            tokens[i, 1 : sizes[i]] = torch.tensor(drafts)
-        num_nodes = torch.tensor(sizes)
-        root_rows = torch.tensor([int(query_end[row]) - n for row, n in zip(rows, sizes)])
-        # the root is the first of the request's scheduled tokens that is not yet cached
-        prefix_lens = torch.tensor([
-            int(self.input_batch.num_computed_tokens_cpu[row]) + int(num_scheduled_tokens[row]) - n
-            for row, n in zip(rows, sizes)
-        ])
+        tokens, parent_idx, num_nodes = pad_trees(
+            [drafts for _, _, drafts in drafted],
+            [self._tree_parents(req_id, drafts) for _, req_id, drafts in drafted],
+        )
+
+        def at_rows(array: np.ndarray) -> torch.Tensor:  # the drafting requests' entries
+            return torch.as_tensor(array[rows], dtype=torch.int64)
+
+        root_rows, prefix_lens = locate_roots(
+            at_rows(self.query_start_loc.np[1:]), at_rows(self.input_batch.num_computed_tokens_cpu),
+            at_rows(num_scheduled_tokens), num_nodes,
+        )
         block_table = self.input_batch.block_table[0].get_cpu_tensor()[rows]
         step = TreeStep(rows, root_rows, tokens, parent_idx, num_nodes, prefix_lens, block_table, None)
         return dataclasses.replace(step, attention=self._tree_attention(step))
 
-    def _node_rows(self, step: TreeStep) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token row of every node [R, N] (padding repeats the root's) and which are nodes."""
-        offsets = torch.arange(step.parent_idx.shape[1])
-        is_node = offsets < step.num_nodes.unsqueeze(1)
-        return step.root_rows.unsqueeze(1) + offsets * is_node, is_node
-
     def _tree_attention(self, step: TreeStep) -> TreeAttentionBatch | None:
         """Attention inputs for the trees that are not chains (the causal kernel is right
         for chains), on the model's device."""
-        width = step.parent_idx.shape[1]
-        parents = step.parent_idx[:, 1:]
-        is_chain = ((parents == torch.arange(width - 1)) | (parents < 0)).all(1)
-        trees = (~is_chain).nonzero().flatten()
+        trees = branching_trees(step.parent_idx)
         if len(trees) == 0:
             return None
-        rows, is_node = self._node_rows(step)
+        rows, is_node = node_rows(step.root_rows, step.num_nodes, step.parent_idx.shape[1])
         return TreeAttentionBatch(
             token_rows=rows[trees].to(self.device),
             is_node=is_node[trees].to(self.device),
@@ -196,6 +192,12 @@ class EchoRunnerMixin:
                     setattr(metadata, METADATA_ATTRIBUTE, step.attention)
         return attn_metadata, spec_common
 
+    def echo_stats(self) -> dict:
+        """What echo decided so far (counters since start-up; callers take differences), its
+        gate and budget as they stand, and the inputs of those decisions."""
+        return {**self.echo_counters.to_dict(), **self.echo_policy.stats(),
+                "calibrating": self.echo_calibration.online_steps is not None}
+
     # ---- the cost model behind echo's automatic budget --------------------------------
 
     def measure_target_cost(self, repeats: int = 5) -> CostModel:
@@ -212,7 +214,7 @@ class EchoRunnerMixin:
         tokens = [n for _ in range(repeats) for n in sizes]
         seconds = [self._time_target_pass(n) for n in tokens]
         cost = CostModel(tokens, seconds)
-        self.drafter.cost_model = cost
+        self.echo_policy.cost_model = cost
         logger.info("echo-vllm: target pass cost model (tokens -> seconds): %s",
                     ", ".join(f"{t}: {s:.4f}" for t, s in zip(cost.to_dict()["tokens"], cost.to_dict()["seconds"])))
         return cost
@@ -232,7 +234,7 @@ class EchoRunnerMixin:
             torch.cuda.synchronize(self.device)
 
     def _model_forward(self, *args, **kwargs):
-        if getattr(self.drafter, "cost_model", None) is not None:
+        if self.echo_policy.cost_model is not None:
             self._echo_pass_start = (time.perf_counter(), int(kwargs["positions"].shape[-1]))
         return super()._model_forward(*args, **kwargs)
 
@@ -242,9 +244,7 @@ class EchoRunnerMixin:
         if self._echo_pass_start is not None:
             start, tokens = self._echo_pass_start
             self._echo_pass_start = None
-            seconds = time.perf_counter() - start
-            self.drafter.cost_model.observe(tokens, seconds)
-            self.drafter.last_pass_seconds = seconds
+            self.echo_policy.observe_pass(tokens, time.perf_counter() - start)
 
     # ---- verification -----------------------------------------------------------------
 
@@ -258,25 +258,28 @@ class EchoRunnerMixin:
             self._observe_target_pass()
             return output
         self._echo_step = None
-        tokens, parents, num_nodes = self._flat_trees(step, spec_decode_metadata.num_draft_tokens)
+        tokens, parents, num_nodes = flatten_trees(
+            step.tokens, step.parent_idx, step.num_nodes, torch.tensor(step.rows),
+            torch.tensor(spec_decode_metadata.num_draft_tokens),
+        )
         output, verdicts = sample_trees(
             self.sampler, logits, tokens, parents, num_nodes, self.input_batch.sampling_metadata
         )
         self._record_calibration(step, verdicts)
-        self.drafter.count_verified(int((num_nodes > 1).sum()), int(num_nodes.sum()) - len(num_nodes),
-                                    sum(len(v.accepted_nodes) for v in verdicts))
-        if self.drafter.auto_budget():
+        self._count_verified(int((num_nodes > 1).sum()), int(num_nodes.sum()) - len(num_nodes),
+                             sum(len(v.accepted_nodes) for v in verdicts))
+        if self.echo_policy.auto_budget():
             self._observe_acceptance(step, verdicts)
-        self._calibrate_online(len(step.rows))
-        tree, src, dst = accepted_moves(step, verdicts)
+        self.echo_calibration.step_verified(len(step.rows))
+        tree, src, dst = accepted_moves([verdicts[row].accepted_nodes for row in step.rows])
         if len(tree):
             # KV first: it must be in place even when the drafter does not run this step
             block_size = self.input_batch.block_table[0].block_size
-            positions = step.prefix_lens[tree].unsqueeze(1) + torch.stack([src, dst], dim=1)
+            positions = moved_positions(step.prefix_lens, tree, src, dst)
             slots = slots_of(step.block_table[tree], positions, block_size).to(self.device)
             move_kv(self._echo_kv_layout, self._target_kv_caches(), slots[:, 0], slots[:, 1])
-        rows = step.root_rows[tree]
-        self._echo_row_moves = ((rows + src).to(self.device), (rows + dst).to(self.device))
+        src_rows, dst_rows = moved_rows(step.root_rows, tree, src, dst)
+        self._echo_row_moves = (src_rows.to(self.device), dst_rows.to(self.device))
         self._observe_target_pass()
         return output
 
@@ -289,72 +292,38 @@ class EchoRunnerMixin:
             if pending is not None and pending.values is not None:
                 predicted += sum(pending.values[: int(step.num_nodes[i])])
                 accepted += len(verdicts[row].accepted_nodes)
-        self.drafter.observe_acceptance(predicted, accepted)
+        self.echo_policy.observe_acceptance(predicted, accepted)
+
+    def _count_verified(self, trees: int, drafts: int, accepted: int) -> None:
+        """One verification step: trees with drafts, their draft tokens, those accepted. Warns
+        (once) when the target has rejected every one of the first NO_ACCEPTANCE_WARNING_DRAFTS
+        (a head of another target?)."""
+        counters = self.echo_counters
+        before = counters.num_verified_drafts
+        counters.num_verified_steps += trees > 0
+        counters.num_verified_trees += trees
+        counters.num_verified_drafts += drafts
+        counters.num_accepted_drafts += accepted
+        if counters.num_accepted_drafts == 0 and before < NO_ACCEPTANCE_WARNING_DRAFTS <= counters.num_verified_drafts:
+            logger.warning(
+                "echo-vllm: the target rejected all of the head's first %d draft tokens: is it a head for this "
+                "target? Decoding stays exact; %s", counters.num_verified_drafts,
+                "echo's auto budget drafts only where it pays (now almost never)" if self.echo_policy.auto_budget()
+                else "with this policy every step still drafts and verifies (budget 'auto' would stop it)")
 
     def _record_calibration(self, step: TreeStep, verdicts: list[Verdict]) -> None:
-        """When calibrating: pair each request's drafted-tree statistics with how deep the
-        target accepted (the accepted nodes' score ranks, NOT_ACCEPTED below the path)."""
-        if not self.drafter.recording:
+        """When recording: pair each request's drafted-tree statistics with how deep the
+        target accepted (scheduler_patches/gate_calibration.py)."""
+        if not self.echo_policy.recording:
             return
-        steps = self.echo_config.steps
         for i, row in enumerate(step.rows):
             req_id = self.input_batch.req_ids[row]
-            accepted = len(verdicts[row].accepted_nodes)
-            before = self._echo_acceptance_ema.get(req_id)
-            self._echo_acceptance_ema[req_id] = accepted if before is None else 0.5 * before + 0.5 * accepted
             pending = self._echo_trees.get(req_id)
-            if pending is None or pending.calibration is None or len(pending.drafts) + 1 != int(step.num_nodes[i]):
-                continue  # the scheduler cut this tree: not the tree the statistics describe
-            statistics, node_ranks = pending.calibration
-            path = [node_ranks[node] for node in verdicts[row].accepted_nodes]
-            context = [-1.0 if before is None else before, float(step.prefix_lens[i])]
-            self.echo_calibration_records.append((statistics, path + [NOT_ACCEPTED] * (steps - len(path)), context))
-
-    def _calibrate_online(self, batch_size: int) -> None:
-        """Echo without a gate: after its first calibration_steps verification steps, choose
-        the gate from what they recorded and the cost model, and switch it on."""
-        drafter = self.drafter
-        if drafter.online_calibration_steps is None:
-            return
-        self._echo_online_batch_sizes.append(batch_size)
-        if len(self._echo_online_batch_sizes) < drafter.online_calibration_steps:
-            return
-        records = self.echo_calibration_records
-        if not records:
-            return  # no whole tree verified yet: keep recording
-        config = self.echo_config
-        batch = int(np.median(self._echo_online_batch_sizes))
-        costs = step_costs(drafter.cost_model, drafter.draft_seconds(batch), batch, config.steps, config.num_draft_tokens)
-        statistic, best, _ = choose_gate(torch.tensor([r[0] for r in records]), torch.tensor([r[1] for r in records]),
-                                         config.num_draft_tokens, config.remaining_num_draft_tokens, costs)
-        depth, threshold, statistic_index, remaining = same_on_every_rank(
-            [best.depth, best.threshold, STATISTICS.index(statistic), best.remaining_num_draft_tokens])
-        drafter.growth_policy = echo_policy(config.num_draft_tokens, (int(depth),), (threshold,), int(remaining),
-                                            STATISTICS[int(statistic_index)])
-        drafter.online_calibration_steps = None
-        drafter.recording = False
-        logger.info("echo-vllm: gate calibrated online over %d steps (%d request-steps, batch ~%d): %s at depth %d, "
-                    "threshold %.4f, remaining_num_draft_tokens %d; expected goodput %.3fx without the gate",
-                    len(self._echo_online_batch_sizes), len(records), batch, STATISTICS[int(statistic_index)],
-                    int(depth), threshold, int(remaining), best.goodput_gain)
-        records.clear()
-
-    def _flat_trees(self, step: TreeStep, num_draft_tokens: list[int]):
-        """Every request of the batch as a tree, flat: requests without drafts are lone roots."""
-        num_nodes = torch.tensor(num_draft_tokens) + 1
-        tree_of_row = dict(zip(step.rows, range(len(step.rows))))
-        tokens, parents = [], []
-        for row, n in enumerate(num_nodes.tolist()):
-            i = tree_of_row.get(row)
-            if i is None:
-                assert n == 1, (row, n)
-                tokens.append(torch.zeros(1, dtype=torch.int64))
-                parents.append(torch.tensor([-1]))
-            else:
-                assert n == int(step.num_nodes[i]), (row, n, step.num_nodes[i])
-                tokens.append(step.tokens[i, :n])
-                parents.append(step.parent_idx[i, :n])
-        return torch.cat(tokens), torch.cat(parents), num_nodes
+            # a tree the scheduler cut is not the tree the statistics describe
+            whole = pending is not None and len(pending.drafts) + 1 == int(step.num_nodes[i])
+            accepted_nodes = verdicts[row].accepted_nodes
+            self.echo_calibration.record(req_id, len(accepted_nodes), pending.calibration if whole else None,
+                                         accepted_nodes, int(step.prefix_lens[i]))
 
     def _target_kv_caches(self) -> list[torch.Tensor]:
         if self._echo_target_kv_caches is None:
@@ -377,23 +346,24 @@ class EchoRunnerMixin:
             self._echo_row_moves = None
             for tensor in (self.input_ids.gpu, self.positions, *(aux_hidden_states or ())):
                 tensor[dst] = tensor[src]
-        drafts = super().propose_draft_token_ids(
+        result: DraftResult = super().propose_draft_token_ids(
             scheduler_output, sampled_token_ids, sampling_metadata, hidden_states,
             sample_hidden_states, aux_hidden_states, spec_decode_metadata,
             common_attn_metadata, slot_mappings,
         )
-        trees, calibration, values = self.drafter.drafted_trees, self.drafter.drafted_calibration, self.drafter.drafted_values
-        if trees is None:  # a step not worth drafting: no request drafted
+        drafts, drafted = result.drafts, result.trees
+        if drafted is None:  # a step not worth drafting: no request drafted
             for req_id in self.input_batch.req_ids:
                 self._echo_trees.pop(req_id, None)
             return drafts
-        values = None if values is None else values.tolist()
+        tree, calibration = drafted.tree, drafted.calibration
+        values = None if drafted.node_values is None else drafted.node_values.tolist()
         for row, req_id in enumerate(self.input_batch.req_ids):
-            n = int(trees.num_nodes[row])
+            n = int(tree.num_nodes[row])
             recorded = None
             if calibration is not None:
                 recorded = (calibration[0][row].tolist(), calibration[1][row, :n].tolist())
-            self._echo_trees[req_id] = PendingTree(drafts[row], trees.parent_idx[row, :n].tolist(),
+            self._echo_trees[req_id] = PendingTree(drafts[row], tree.parent_idx[row, :n].tolist(),
                                                    None if values is None else values[row][:n], recorded)
         return drafts
 
@@ -407,21 +377,3 @@ class EchoRunnerMixin:
         if torch.is_tensor(self._draft_token_ids) and self._draft_token_req_ids:
             return DraftTokenIds(list(self._draft_token_req_ids), [[] for _ in self._draft_token_req_ids])
         return super().take_draft_token_ids()
-
-
-def accepted_moves(step: TreeStep, verdicts: list[Verdict]):
-    """Accepted nodes not yet where a chain would have them: (tree, source node,
-    destination node) [M] each. Node t_j, the j-th of a request's accepted path, moves to
-    node j; t_j >= j always, and reading every source before writing makes it safe.
-
-    Worked example: a request accepted nodes (2, 5) -> moves (2 -> 1) and (5 -> 2).
-    """
-    tree, src, dst = [], [], []
-    for i, row in enumerate(step.rows):
-        for j, node in enumerate(verdicts[row].accepted_nodes, start=1):
-            if node != j:
-                tree.append(i)
-                src.append(node)
-                dst.append(j)
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.int64)  # noqa: E731
-    return as_tensor(tree), as_tensor(src), as_tensor(dst)

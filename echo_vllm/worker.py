@@ -16,6 +16,7 @@ from vllm.v1.worker.gpu_worker import Worker
 
 from echo_vllm.config import EchoConfig, parse_echo_config
 from echo_vllm.runner import EchoRunnerMixin
+from echo_vllm.scheduler_patches.overrides import CPU_ATTENTION, FLASH_ATTENTION
 from echo_vllm.scheduler_patches.patch_arg_utils import ADDITIONAL_CONFIG_KEY
 from echo_vllm.scheduler_patches.registry import check_all_overrides
 
@@ -44,20 +45,19 @@ class EchoRPC:
     name needs no pickled function, so no insecure serialization)."""
 
     def echo_stats(self) -> dict:
-        """Echo's decisions so far (`EchoProposer.stats`); `echo-vllm bench` reports them."""
-        return self.model_runner.drafter.stats()
+        """Echo's decisions so far (`EchoRunnerMixin.echo_stats`); `echo-vllm bench` reports them."""
+        return self.model_runner.echo_stats()
 
     def echo_start_calibration(self) -> dict:
         """Record every verification step from now on; returns the measured cost model."""
         runner = self.model_runner
-        runner.drafter.recording = True
-        runner.echo_calibration_records.clear()
+        runner.echo_calibration.start()
         return runner.measure_target_cost().to_dict()
 
     def echo_calibration_records(self, batch_size: int) -> tuple[list, float]:
         """The recorded steps and the drafter's expected seconds per step at batch_size."""
         runner = self.model_runner
-        return list(runner.echo_calibration_records), runner.drafter.draft_seconds(batch_size)
+        return list(runner.echo_calibration.records), runner.echo_policy.draft_seconds(batch_size)
 
 
 class EchoCPUModelRunner(EchoRunnerMixin, CPUModelRunner):
@@ -72,12 +72,10 @@ class EchoCPUWorker(EchoRPC, CPUWorker):
     def __init__(self, vllm_config: VllmConfig, *args, **kwargs):
         check_all_overrides()
         super().__init__(vllm_config, *args, **kwargs)
-        self.use_v2_model_runner = False
+        self.use_v2_model_runner = False  # declared: overrides.V1_RUNNER_ON_CPU
         # Tree rows need masks the C++ kernel lacks; echo's backend keeps vLLM's name
         # (the CPU platform selects CPU_ATTN whatever is configured).
-        register_backend(
-            AttentionBackendEnum.CPU_ATTN, "echo_vllm.kernels.cpu_backend.EchoCPUAttentionBackend"
-        )
+        register_backend(AttentionBackendEnum[CPU_ATTENTION.entry], CPU_ATTENTION.replacement)
 
     def init_device(self) -> None:
         super().init_device()
@@ -96,9 +94,7 @@ class EchoGPUWorker(EchoRPC, Worker):
         check_all_overrides()
         super().__init__(vllm_config, *args, **kwargs)
         # FlashAttention takes no mask; echo's subclass rewrites tree rows after it
-        register_backend(
-            AttentionBackendEnum.FLASH_ATTN, "echo_vllm.kernels.gpu_backend.EchoFlashAttentionBackend"
-        )
+        register_backend(AttentionBackendEnum[FLASH_ATTENTION.entry], FLASH_ATTENTION.replacement)
 
     def _make_model_runner(self) -> GPUModelRunner:
         if self.use_v2_model_runner:

@@ -99,6 +99,12 @@ def drafter_value(llm, name):
     return value
 
 
+def echo_stat(llm, name):
+    """One of echo's counters or settings as its workers report them (`echo_stats`)."""
+    (stats,) = llm.collective_rpc("echo_stats")
+    return stats[name]
+
+
 def spec_counter(llm, name: str) -> float:
     """One of vLLM's spec-decode counters (vllm:spec_decode_<name>), summed over engines."""
     return sum(m.value for m in llm.get_metrics() if m.name == f"vllm:spec_decode_{name}")

@@ -43,7 +43,8 @@ def install_oracle(llm, references: dict[tuple[int, ...], list[int]], seed: int 
         rng = random.Random(seed)
 
         def expand(self, *args, **kwargs):
-            tree = original_expand(self, *args, **kwargs)
+            drafted = original_expand(self, *args, **kwargs)
+            tree = drafted.tree
             tokens = tree.tokens.clone()
             for row, req_id in enumerate(runner.input_batch.req_ids):
                 state = runner.requests[req_id]
@@ -54,7 +55,7 @@ def install_oracle(llm, references: dict[tuple[int, ...], list[int]], seed: int 
                 n = int(tree.num_nodes[row])
                 rewritten = _rewrite(tokens[row, :n].tolist(), tree.parent_idx[row, :n].tolist(), future, rng)
                 tokens[row, :n] = tokens.new_tensor(rewritten)
-            return dataclasses.replace(tree, tokens=tokens)
+            return dataclasses.replace(drafted, tree=dataclasses.replace(tree, tokens=tokens))
 
         drafter._expand = expand.__get__(drafter)
 

@@ -47,7 +47,7 @@ def test_the_engine_loads_it_and_stays_lossless(tiny_chat_pair, calibration):
                speculative_config={"method": "echo", "model": head, "calibration_file": str(calibration)})
     try:
         assert [o.outputs[0].token_ids for o in echo.generate(prompts, greedy, use_tqdm=False)] == reference
-        (check_depths,) = echo.collective_rpc(lambda w: w.model_runner.drafter.growth_policy.check_depths)
+        (check_depths,) = echo.collective_rpc(lambda w: w.model_runner.echo_policy.gate.check_depths)
         assert list(check_depths) == json.loads(calibration.read_text())["judge_depth"]
     finally:
         shutdown(echo)

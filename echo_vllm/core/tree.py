@@ -117,14 +117,6 @@ def pool_depths(steps: int, topk: int, device=None) -> torch.Tensor:
     return torch.arange(1, steps + 1, device=device).repeat_interleave(counts)
 
 
-def select_tree(pool: Pool, root_tokens: torch.Tensor, num_nodes: torch.Tensor) -> Tree:
-    """The verified set: the root plus each request's num_nodes - 1 best pool nodes.
-
-    root_tokens [B]; num_nodes [B] int64 with 1 <= num_nodes <= P + 1.
-    """
-    return tree_from_chosen(pool, root_tokens, best_nodes(pool.scores, num_nodes - 1))
-
-
 def best_nodes(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """[B, P] bool: each request's counts[b] best pool nodes by score (ties: pool order).
 
@@ -197,17 +189,32 @@ def node_depths(parent_idx: torch.Tensor) -> torch.Tensor:
 def ancestor_mask(parent_idx: torch.Tensor) -> torch.Tensor:
     """[B, N, N] bool: entry (i, j) is True iff node j is node i itself or an ancestor of i.
 
-    Worked example: parents [-1, 0, 0, 1] -> rows {0}, {0,1}, {0,2}, {0,1,3}.
-    Padding rows see only themselves.
+    Worked example: parents [-1, 0, 0, 1] -> rows {0}, {0,1}, {0,2}, {0,1,3}; a chain's
+    mask is causal (lower triangular). Padding rows see only themselves.
+    Pointer doubling: after round r each node sees its ancestors up to 2**r steps up, so
+    ceil(log2(N)) rounds of child_visibility reach the root from any depth.
     """
     batch, nodes = parent_idx.shape
-    mask = torch.eye(nodes, dtype=torch.bool, device=parent_idx.device).expand(batch, nodes, nodes).clone()
-    for i in range(1, nodes):
-        parent = parent_idx[:, i]
-        has_parent = (parent >= 0).view(batch, 1)
-        parent_row = mask[torch.arange(batch, device=parent_idx.device), parent.clamp(min=0)]  # [B, N]
-        mask[:, i] |= parent_row & has_parent
+    has_parent = parent_idx >= 0
+    up = parent_idx.clamp(min=0)  # [B, N] the ancestor 2**r steps up, where `alive`
+    mask = torch.eye(nodes, dtype=torch.bool, device=parent_idx.device).expand(batch, nodes, nodes)
+    mask = mask | (torch.nn.functional.one_hot(up, nodes).bool() & has_parent.unsqueeze(-1))
+    alive = has_parent
+    for _ in range(max(nodes - 1, 1).bit_length()):
+        mask = mask | (child_visibility(mask, up) & alive.unsqueeze(-1))
+        alive = alive & alive.gather(1, up)
+        up = up.gather(1, up)
     return mask
+
+
+def child_visibility(visible: torch.Tensor, parent_pos: torch.Tensor) -> torch.Tensor:
+    """What each child sees before itself: its parent's row of `visible`.
+
+    visible [B, K, M] bool (node k sees key m); parent_pos [B, C] int64, each child's parent
+    among the K nodes. Returns [B, C, M]. Worked example: visible [[1, 0], [1, 1]], parents
+    [1, 1, 0] -> [[1, 1], [1, 1], [1, 0]].
+    """
+    return visible.gather(1, parent_pos.unsqueeze(-1).expand(-1, -1, visible.shape[2]))
 
 
 def tree_positions(depths: torch.Tensor, prefix_lens: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,13 @@ against, tests/kernels/test_triton_tree_attention.py). One program per (request,
 query head): an online softmax first over the request's prefix, block by block through its
 block table, then over the tree's own keys under the node's ancestor mask.
 
-Cache layout: vLLM's GPU attention layout, key_cache / value_cache
-[num_blocks, block_size, Hkv, Dh] (kv_cache[0] and kv_cache[1] of FlashAttention's cache).
+Cache layout: vLLM 0.32's FlashAttention keeps one tensor per layer, logically
+[num_blocks, Hkv, block_size, 2 * Dh] (K in the first Dh values of the last dimension, V in
+the rest; its strides follow the KV cache layout, the last dimension is always contiguous).
+The kernel takes it as FlashAttention's forward splits it, key_cache, value_cache =
+kv_cache.transpose(1, 2).split(Dh, dim=-1): two strided [num_blocks, block_size, Hkv, Dh]
+views, indexed through key_cache's block, slot and head strides (value_cache shares them, as
+the two halves of one tensor do; unit stride within a head).
 Shape key as in tree_attention.py: B requests, N nodes (padded), H / Hkv heads, Dh head size.
 """
 

@@ -18,7 +18,7 @@ from echo_vllm.calibration_file import check_models, read_calibration
 from echo_vllm.config import METHOD, parse_echo_config, to_vllm_speculative_config
 from echo_vllm.draft_head import TargetShape, check_head_matches_target
 from echo_vllm.log import logger
-from echo_vllm.scheduler_patches.registry import VllmPatch
+from echo_vllm.scheduler_patches.records import VllmPatch
 
 ADDITIONAL_CONFIG_KEY = "echo"
 CPU_WORKER = "echo_vllm.worker.EchoCPUWorker"

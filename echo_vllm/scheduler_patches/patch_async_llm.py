@@ -16,7 +16,7 @@ import functools
 
 from echo_vllm.log import logger
 from echo_vllm.scheduler_patches.patch_arg_utils import ADDITIONAL_CONFIG_KEY
-from echo_vllm.scheduler_patches.registry import VllmPatch
+from echo_vllm.scheduler_patches.records import VllmPatch
 
 RPC_TIMEOUT_S = 5.0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 
 from echo_vllm.scheduler_patches.patch_arg_utils import ADDITIONAL_CONFIG_KEY
-from echo_vllm.scheduler_patches.registry import VllmPatch
+from echo_vllm.scheduler_patches.records import VllmPatch
 
 FEATURE = "echo draft trees"
 

@@ -7,12 +7,14 @@ import torch
 from echo_vllm.core.tree import (
     Frontier,
     ancestor_mask,
+    child_visibility,
+    best_nodes,
     expand_frontier,
     node_depths,
     pool_depths,
     root_frontier,
     score_ranks,
-    select_tree,
+    tree_from_chosen,
     tree_positions,
 )
 
@@ -25,6 +27,12 @@ def top(logprobs, k):
     """The draft's k best tokens, as the proposer hands them to the core."""
     values, tokens = logprobs.topk(k, dim=-1)
     return values, tokens
+
+
+def best_tree(pool, root_tokens, num_nodes):
+    """The verified set as the proposer selects it: the root plus each request's
+    num_nodes - 1 best pool nodes."""
+    return tree_from_chosen(pool, root_tokens, best_nodes(pool.scores, num_nodes - 1))
 
 
 def test_root_frontier_takes_the_draft_top_k():
@@ -53,7 +61,7 @@ def test_select_tree_is_connected_and_in_pool_order():
     child_logprobs = torch.stack([log(0.5, 0.1, 0.4), log(0.05, 0.9, 0.05)]).unsqueeze(0)
     _, pool = expand_frontier(frontier, *top(child_logprobs, 2), pool)
     # pool probs: [.6, .3, .30, .24, .27, .015]; best 4: pool 0, 1, 2, 4
-    tree = select_tree(pool, root_tokens=torch.tensor([7]), num_nodes=torch.tensor([5]))
+    tree = best_tree(pool, root_tokens=torch.tensor([7]), num_nodes=torch.tensor([5]))
     assert tree.tokens.tolist() == [[7, 1, 2, 0, 1]]
     assert tree.parent_idx.tolist() == [[-1, 0, 0, 1, 2]]
     assert tree.depths.tolist() == [[0, 1, 1, 2, 2]]
@@ -61,7 +69,7 @@ def test_select_tree_is_connected_and_in_pool_order():
 
 def test_select_tree_sizes_differ_per_request_and_pad():
     frontier, pool = root_frontier(*top(torch.stack([log(0.1, 0.6, 0.3), log(0.7, 0.2, 0.1)]), 2))
-    tree = select_tree(pool, root_tokens=torch.tensor([5, 6]), num_nodes=torch.tensor([3, 2]))
+    tree = best_tree(pool, root_tokens=torch.tensor([5, 6]), num_nodes=torch.tensor([3, 2]))
     assert tree.tokens.tolist() == [[5, 1, 2], [6, 0, 0]]
     assert tree.parent_idx.tolist() == [[-1, 0, 0], [-1, 0, -1]]
     assert tree.num_nodes.tolist() == [3, 2]
@@ -72,7 +80,7 @@ def test_ties_never_disconnect_the_tree():
     frontier, pool = root_frontier(*top(log(0.5, 0.5, 1e-9).unsqueeze(0), 2))
     child_logprobs = torch.stack([log(1.0 - 2e-9, 1e-9, 1e-9)] * 2).unsqueeze(0)
     _, pool = expand_frontier(frontier, *top(child_logprobs, 2), pool)
-    tree = select_tree(pool, torch.tensor([0]), torch.tensor([4]))
+    tree = best_tree(pool, torch.tensor([0]), torch.tensor([4]))
     parents = tree.parent_idx[0].tolist()
     assert all(0 <= parents[i] < i for i in range(1, 4)), parents
 
@@ -94,7 +102,7 @@ def test_tree_keeps_pool_positions_and_ranks_follow_scores():
     frontier, pool = root_frontier(*top(log(0.1, 0.6, 0.3).unsqueeze(0), 2))
     child_logprobs = torch.stack([log(0.5, 0.1, 0.4), log(0.05, 0.9, 0.05)]).unsqueeze(0)
     _, pool = expand_frontier(frontier, *top(child_logprobs, 2), pool)
-    tree = select_tree(pool, root_tokens=torch.tensor([7]), num_nodes=torch.tensor([5]))
+    tree = best_tree(pool, root_tokens=torch.tensor([7]), num_nodes=torch.tensor([5]))
     assert tree.pool_idx.tolist() == [[-1, 0, 1, 2, 4]]
     # pool probs [.6, .3, .30, .24, .27, .015]: .3 (pool 1) and .30 (pool 2) tie in exact
     # arithmetic; log-space rounding decides, so only the clear ranks are checked
@@ -111,6 +119,20 @@ def test_stopped_rows_get_placeholders_that_are_never_selected():
     assert pool.scores.shape == (2, 6)
     assert torch.isinf(pool.scores[0, 2:]).all() and torch.isfinite(pool.scores[1]).all()
     assert pool_depths(2, 2).tolist() == [1, 1, 2, 2, 2, 2]
-    tree = select_tree(pool, torch.tensor([5, 6]), torch.tensor([6, 6]))
+    tree = best_tree(pool, torch.tensor([5, 6]), torch.tensor([6, 6]))
     assert tree.num_nodes.tolist() == [3, 6]  # request 0 has only its 2 depth-1 nodes
     assert tree.depths[0].tolist()[:3] == [0, 1, 1]
+
+
+def test_ancestor_mask_of_a_deep_branching_tree_and_padding():
+    # 0 - 1 - 3 - 5 - 6, and 0 - 2 - 4; node 7 is padding
+    parents = torch.tensor([[-1, 0, 0, 1, 2, 3, 5, -1]])
+    mask = ancestor_mask(parents)[0]
+    sees = [set(torch.nonzero(row).flatten().tolist()) for row in mask]
+    assert sees == [{0}, {0, 1}, {0, 2}, {0, 1, 3}, {0, 2, 4}, {0, 1, 3, 5}, {0, 1, 3, 5, 6}, {7}]
+
+
+def test_child_visibility_takes_the_parents_row():
+    visible = torch.tensor([[[True, False], [True, True]]])
+    parents = torch.tensor([[1, 1, 0]])
+    assert child_visibility(visible, parents).tolist() == [[[True, True], [True, True], [True, False]]]

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from vllm import LLM, SamplingParams
 
-from conftest import TINY_ENGINE, drafter_value, random_token_prompts, shutdown, token_ids
-from echo_vllm.proposers.eagle_tree import NO_ACCEPTANCE_WARNING_DRAFTS
+from conftest import TINY_ENGINE, echo_stat, random_token_prompts, shutdown, token_ids
+from echo_vllm.runner import NO_ACCEPTANCE_WARNING_DRAFTS
 from tiny_models import TINY
 
 PROMPTS = random_token_prompts(16, TINY["vocab_size"], min_len=1, max_len=100, seed=11)
@@ -41,8 +41,8 @@ def test_a_head_with_nan_outputs_changes_no_token(tiny_target, nan_head, plain, 
         for params in (GREEDY, SEEDED):
             expected = token_ids(plain.generate(PROMPTS, params, use_tqdm=False))
             assert token_ids(llm.generate(PROMPTS, params, use_tqdm=False)) == expected
-        assert drafter_value(llm, "num_broken_drafts") > 0
-        assert drafter_value(llm, "num_verified_drafts") == 0
+        assert echo_stat(llm, "num_broken_drafts") > 0
+        assert echo_stat(llm, "num_verified_drafts") == 0
     finally:
         shutdown(llm)
 
@@ -59,14 +59,15 @@ def install_wrong_drafts(llm, references):
         original_expand = type(drafter)._expand
 
         def expand(self, *args, **kwargs):
-            tree = original_expand(self, *args, **kwargs)
+            drafted = original_expand(self, *args, **kwargs)
+            tree = drafted.tree
             tokens = tree.tokens.clone()
             for row, req_id in enumerate(runner.input_batch.req_ids[: tokens.shape[0]]):
                 state = runner.requests[req_id]
                 future = references[tuple(state.prompt_token_ids)][len(state.output_token_ids):]
                 if future:
                     tokens[row, 1:] = (future[0] + 1) % TINY["vocab_size"]
-            return dataclasses.replace(tree, tokens=tokens)
+            return dataclasses.replace(drafted, tree=dataclasses.replace(tree, tokens=tokens))
 
         drafter._expand = expand.__get__(drafter)
 
@@ -83,10 +84,10 @@ def test_a_head_whose_drafts_are_all_rejected(tiny_target, tiny_head, plain, pol
         install_wrong_drafts(llm, {tuple(p["prompt_token_ids"]): e for p, e in zip(PROMPTS, expected)})
         for _ in range(3):
             assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == expected
-        assert drafter_value(llm, "num_accepted_drafts") == 0
+        assert echo_stat(llm, "num_accepted_drafts") == 0
         if policy == "static":  # verifies every tree: the warning's threshold is crossed
-            assert drafter_value(llm, "num_verified_drafts") >= NO_ACCEPTANCE_WARNING_DRAFTS
+            assert echo_stat(llm, "num_verified_drafts") >= NO_ACCEPTANCE_WARNING_DRAFTS
         else:  # the auto budget stops drafting: decoding without speculation, but for exploration
-            assert drafter_value(llm, "num_undrafted_steps") > drafter_value(llm, "num_drafted_steps")
+            assert echo_stat(llm, "num_undrafted_steps") > echo_stat(llm, "num_drafted_steps")
     finally:
         shutdown(llm)

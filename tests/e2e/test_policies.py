@@ -42,9 +42,9 @@ def record_draft_totals(wrapper):
     drafter.draft_totals = []
 
     def propose(self, *args, **kwargs):
-        drafts = original(self, *args, **kwargs)
-        self.draft_totals.append(sum(len(d) for d in drafts))
-        return drafts
+        result = original(self, *args, **kwargs)
+        self.draft_totals.append(sum(len(d) for d in result.drafts))
+        return result
 
     drafter.propose = propose.__get__(drafter)
 
@@ -59,17 +59,17 @@ def policy_llm(request, tiny_target, tiny_head, reference):
         # The random head's confidence is so low that speculation would never pay and echo
         # would stop drafting (tests/e2e/test_undrafted_steps.py); here every step drafts,
         # so that the budget and the gate are what is tested.
-        llm.collective_rpc(lambda wrapper: setattr(wrapper.model_runner.drafter, "_speculation_pays", lambda batch, owed_rows: True))
+        llm.collective_rpc(lambda wrapper: setattr(wrapper.model_runner.echo_policy, "forced_choice", True))
     yield request.param, llm
     shutdown(llm)
 
 
 def drafter_state(llm):
     (state,) = llm.collective_rpc(lambda wrapper: (
-        wrapper.model_runner.drafter.num_gate_checks, wrapper.model_runner.drafter.num_gate_stops,
-        wrapper.model_runner.drafter.draft_totals, wrapper.model_runner.drafter.cost_model is not None,
-        wrapper.model_runner.drafter.last_budget, wrapper.model_runner.drafter.online_calibration_steps is not None,
-        wrapper.model_runner.drafter.growth_policy.check_depths))
+        wrapper.model_runner.echo_counters.num_gate_checks, wrapper.model_runner.echo_counters.num_gate_stops,
+        wrapper.model_runner.drafter.draft_totals, wrapper.model_runner.echo_policy.cost_model is not None,
+        wrapper.model_runner.echo_policy.last_budget, wrapper.model_runner.echo_calibration.online_steps is not None,
+        wrapper.model_runner.echo_policy.gate.check_depths))
     return state
 
 

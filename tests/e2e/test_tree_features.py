@@ -9,7 +9,7 @@ import pytest
 from vllm import LLM, SamplingParams
 from vllm.exceptions import VLLMValidationError
 
-from conftest import TINY_ENGINE, drafter_value, random_token_prompts, shutdown, spec_counter, token_ids
+from conftest import TINY_ENGINE, echo_stat, random_token_prompts, shutdown, spec_counter, token_ids
 from oracle import install_oracle
 from tiny_models import TINY
 
@@ -98,7 +98,7 @@ def test_requests_up_to_the_context_limit(echo, plain, references):
     assert token_ids(echo.generate(prompts, params, use_tqdm=False)) == expected
     # near the limit vLLM skips the drafter and fills drafts with zeros; echo schedules none
     # instead, so the target verifies only what echo drafted
-    assert 0 < drafter_value(echo, "num_verified_drafts") <= drafter_value(echo, "num_proposed_drafts")
+    assert 0 < echo_stat(echo, "num_verified_drafts") <= echo_stat(echo, "num_proposed_drafts")
 
 
 def test_n_greater_than_one(echo, plain):

@@ -1,0 +1,316 @@
+"""Echo's batch policy: what one step drafts, for the whole batch.
+
+Per step, before drafting, `decide` says whether the step is worth drafting at all (echo
+with the auto budget drafts only where speculation is measured or expected to pay at that
+batch size), how deep to draft, and which per-request gate to apply; after the batch's
+candidate pools are grown, `budget` says how many draft tokens the target verifies in all
+(the elastic budget, core.budget: go deep, then wide). The policy learns from what it is
+told: the target passes' times (`observe_pass`), the drafting and catch-up times it clocks
+itself, and how many drafts the target accepted (`observe_acceptance`).
+
+Time comes from an injected clock and rank agreement from an injected `share` function, so
+the decisions can be tested with scripted timings (tests/scheduler_patches/test_batch_policy.py).
+Nothing here touches vLLM.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from echo_vllm.config import EchoConfig
+from echo_vllm.core.budget import (
+    AcceptanceCurve,
+    CostModel,
+    Exploration,
+    LinearCost,
+    MeasuredGoodput,
+    goodput_budget,
+    speculation_pays,
+)
+from echo_vllm.core.gating import GrowthPolicy, ddd_policy, echo_policy, opt_tree_policy, static_policy
+from echo_vllm.log import logger
+from echo_vllm.stats import EchoCounters
+
+# steps whose deepest bought node sets the depth drafted next (elastic depth)
+ELASTIC_DEPTH_WINDOW = 8
+# Drafted steps measured (drafting time, acceptance) before echo may decide that a step is
+# not worth drafting: its estimates must not rest on the first, noisiest steps, since steps
+# it does not draft measure nothing about drafting.
+MIN_DRAFTED_STEPS = 32
+# Steps in a row of one choice (draft or not) after which one step takes the other
+# (core.budget.Exploration): at least 16, at most 1024, and as many as keep what exploring
+# costs, all told, to 1 % of the steps' time.
+EXPLORATION_INTERVAL = 16
+MAX_EXPLORATION_INTERVAL = 1024
+MAX_EXPLORATION_SHARE = 0.01
+# Drafted steps a switch from not drafting to drafting must pay for itself over (it writes
+# the draft KV the undrafted steps owed): the shortest run of a choice before it is explored.
+SWITCH_HORIZON_STEPS = EXPLORATION_INTERVAL
+
+Share = Callable[[list[float]], list[float]]  # rank 0's values on every tensor-parallel rank
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one step drafts."""
+
+    draft: bool  # False: the step drafts nothing; its requests owe the draft KV
+    depths: int  # draft depths to grow (elastic depth: may be fewer than `steps`)
+    gate: GrowthPolicy  # the per-request gate
+    recording: bool  # calibrating: record gate statistics, whole trees, no budget
+    spends_budget: bool  # a batch-wide budget selects the verified nodes (else each request's best)
+    exploring: bool  # drafting although not drafting was expected to be better
+
+
+@dataclass(frozen=True)
+class _DraftingCall:
+    """One step's drafting decision, timed."""
+
+    called: float  # clock at the decision
+    seconds: float  # drafting's own time (the decision, catch-up, drafting)
+    req_ids: frozenset[str]
+    drafted: bool
+    catch_up_seconds: float  # of `seconds`, writing the draft KV owed by undrafted steps
+
+
+class BatchPolicy:
+    """Echo's per-step decisions for the batch and the measurements behind them."""
+
+    def __init__(self, config: EchoConfig, counters: EchoCounters, share: Share,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.config = config
+        self.counters = counters
+        self.share = share
+        self.clock = clock
+        self.gate = growth_policy(config)
+        # echo without a gate calibrates one online over its first verification steps
+        # (scheduler_patches/gate_calibration.py); `calibrated` switches it on
+        self.recording = config.calibration_steps is not None
+        # The auto budget's inputs: the target pass cost model (measured at start-up, refined
+        # each pass), the drafting time per step by batch size, and the acceptance per request.
+        self.cost_model: CostModel | None = None
+        self.draft_cost = LinearCost()
+        # The rest of a step's time, by batch size: scheduling, input preparation, output
+        # processing (the time between two drafting calls, less the drafting and the target
+        # pass between them).
+        self.step_overhead = LinearCost()
+        # Writing the draft KV that undrafted steps owed, by the rows owed: the price of a
+        # switch to drafting.
+        self.catch_up_cost = LinearCost()
+        self.acceptance_curve = AcceptanceCurve(config.num_draft_tokens - 1)
+        self.last_pass_seconds: float | None = None
+        self.last_budget: int | None = None
+        # what drafted and undrafted steps really gave, and the steps that take the choice
+        # not expected to be better so that both measurements stay current
+        self.measured_goodput = MeasuredGoodput()
+        # per batch-size class, as the measurements are: a batch filling up or draining passes
+        # through smaller classes, whose choices must not restart the wait of the full batch's
+        self.explorations: dict[int, Exploration] = {}
+        self.max_exploration_share = MAX_EXPLORATION_SHARE
+        # None: decide each step; True / False: every step drafts / does not (for benchmarks
+        # that measure one choice alone, and tests)
+        self.forced_choice: bool | None = None
+        # Elastic depth: draft one depth beyond the deepest node the budget bought in recent
+        # steps, so a tight budget stops paying for drafts it never verifies, and an ample one
+        # lets trees grow back to `steps`.
+        self.recent_bought_depths: deque[int] = deque(maxlen=ELASTIC_DEPTH_WINDOW)
+        self._verified_since_decision = (0.0, 0)  # predicted, accepted drafts
+        self._last_call: _DraftingCall | None = None
+        self._called: float | None = None  # clock at the current step's decision
+        self._caught_up = 0.0  # clock when the current step's catch-up ended
+
+    # ---- what the policy is -----------------------------------------------------------
+
+    def spends_budget(self) -> bool:
+        """Echo with a batch-wide budget (fixed or auto), not while calibrating."""
+        return self.gate.name == "echo" and self.config.budget is not None and not self.recording
+
+    def auto_budget(self) -> bool:
+        """Echo spending a budget it sets itself, and deciding which steps to draft."""
+        return self.spends_budget() and self.config.budget == "auto"
+
+    def draft_seconds(self, batch: int) -> float:
+        """Expected seconds to draft a step of `batch` requests (0 before any was timed)."""
+        return self.draft_cost(batch) or 0.0
+
+    def step_seconds_besides_drafting(self, batch: int) -> float:
+        """Expected seconds of a step of `batch` requests outside the target pass and drafting."""
+        return self.step_overhead(batch) or 0.0
+
+    # ---- the step's decisions ---------------------------------------------------------
+
+    def decide(self, req_ids: list[str], owed_rows: int) -> StepPlan:
+        """The plan of the step whose drafts `req_ids` (batch order) are about to get; the
+        batch owes `owed_rows` rows of draft KV from undrafted steps."""
+        self._called = self.clock()
+        self._observe_previous_step(self._called, req_ids)
+        draft, exploring = self._speculation_pays(len(req_ids), owed_rows)
+        return StepPlan(draft, self._depths_to_draft(), self.gate, self.recording, self.spends_budget(), exploring)
+
+    def caught_up(self, owed_rows: int) -> None:
+        """The drafted step wrote the draft KV its batch owed (timed from `decide`)."""
+        self._caught_up = self.clock()
+        if owed_rows:
+            self.catch_up_cost.observe(owed_rows, self._caught_up - self._called)
+
+    def drafted(self, plan: StepPlan, req_ids: list[str]) -> None:
+        """The step's drafting is done (its drafts reached the host)."""
+        now = self.clock()
+        if plan.draft:
+            self.draft_cost.observe(len(req_ids), now - self._caught_up)
+        else:
+            self.counters.num_undrafted_steps += 1
+        catch_up = self._caught_up - self._called if plan.draft else 0.0
+        self._last_call = _DraftingCall(self._called, now - self._called, frozenset(req_ids), plan.draft, catch_up)
+
+    def budget(self, plan: StepPlan, node_values: torch.Tensor, batch: int) -> int | None:
+        """Draft tokens the batch verifies (None: every node the requests' caps allow).
+        node_values [M]: the pool nodes' path probabilities in allocation order."""
+        budget = self.config.budget
+        if budget == "auto":
+            self.acceptance_curve.observe(node_values, batch)
+            self.counters.num_drafted_steps += 1
+            # no cost model yet (start-up passes): every node the caps allow
+            budget = None if self.cost_model is None else goodput_budget(
+                node_values * self.acceptance_curve.scale, batch, self.cost_model,
+                self.draft_seconds(batch) + self.step_seconds_besides_drafting(batch))
+            if budget is not None and plan.exploring:
+                budget = max(budget, batch)  # measure at least one draft per request
+            (shared,) = self.share([-1 if budget is None else budget])
+            budget = None if shared < 0 else int(shared)
+        self.last_budget = budget
+        if budget is not None:
+            self.counters.budget_sum += budget
+            self.counters.num_budgeted_steps += 1
+        return budget
+
+    def bought(self, deepest: int) -> None:
+        """The deepest node the step's budget bought (elastic depth)."""
+        self.recent_bought_depths.append(deepest)
+
+    # ---- what it learns ---------------------------------------------------------------
+
+    def observe_pass(self, tokens: int, seconds: float) -> None:
+        """A target pass over `tokens` tokens took `seconds`, sampling included."""
+        if self.cost_model is not None:
+            self.cost_model.observe(tokens, seconds)
+            self.last_pass_seconds = seconds
+
+    def observe_acceptance(self, predicted: float, accepted: int) -> None:
+        """One verification of trees echo drafted: the summed path probabilities of their
+        verified draft nodes and how many of those the target accepted."""
+        self.acceptance_curve.observe_verified(predicted, accepted)
+        self._verified_since_decision = (self._verified_since_decision[0] + predicted,
+                                         self._verified_since_decision[1] + accepted)
+
+    def calibrated(self, gate: GrowthPolicy) -> None:
+        """The gate chosen by calibration: gating on, recording off."""
+        self.gate = gate
+        self.recording = False
+
+    def _observe_previous_step(self, now: float, req_ids: list[str]) -> None:
+        """What the previous drafting decision led to, timed up to `now`: the step's other
+        work (the time less that call and the target pass since), when requests ran through
+        (no idle engine in between); and the step's goodput under that decision, when the
+        same requests ran through (no prefill of a new one in the pass). The draft KV that
+        undrafted steps owed, written by the step, is the price of changing from not drafting
+        to drafting, paid once: it is left out of the goodput of drafted steps (an exploration
+        pays all of it, and would make drafting step after step look dearer than it is) and
+        kept in what the exploration cost (MeasuredGoodput.latest)."""
+        (predicted, accepted), self._verified_since_decision = self._verified_since_decision, (0.0, 0)
+        last = self._last_call
+        if last is None:
+            return
+        if self.last_pass_seconds is not None and not last.req_ids.isdisjoint(req_ids):
+            self.step_overhead.observe(len(req_ids), now - last.called - last.seconds - self.last_pass_seconds)
+        if last.req_ids == frozenset(req_ids):
+            self.measured_goodput.observe(len(req_ids), last.drafted, now - last.called, predicted, accepted,
+                                          switch_seconds=last.catch_up_seconds)
+
+    def _speculation_pays(self, batch: int, owed_rows: int) -> tuple[bool, bool]:
+        """(draft this step, exploring). Echo with the auto budget drafts a step only when
+        speculation is expected to beat a plain step at this batch size: as measured
+        (core.budget.MeasuredGoodput) once drafted and undrafted steps were both measured at
+        this batch size, as its model predicts (core.budget.speculation_pays) before; and,
+        when the batch owes `owed_rows` rows of draft KV from undrafted steps, only if what
+        drafting gains over the next SWITCH_HORIZON_STEPS steps covers writing them. Until the
+        target's cost model is measured and MIN_DRAFTED_STEPS steps were drafted, it drafts;
+        and now and then a step takes the other choice (core.budget.Exploration). The same
+        decision on every rank."""
+        if self.forced_choice is not None:
+            return self.forced_choice, False
+        if not (self.auto_budget() and self.cost_model is not None
+                and self.counters.num_drafted_steps >= MIN_DRAFTED_STEPS):
+            return True, False
+        measured = self.measured_goodput
+        ratio = measured.ratio(batch)
+        pays = (ratio >= 1.0 if ratio is not None else
+                speculation_pays(batch, self.acceptance_curve, self.cost_model, self.draft_cost(batch),
+                                 self.step_seconds_besides_drafting(batch)))
+        # A switch is dear on a full batch (on this CPU at batch 64, 6,000 owed rows, prompts
+        # included, took about 3 s: ten plain steps): it is not taken on a close ratio or the
+        # model's word, nor where nothing measured the gain at this class yet (exploring
+        # will). Once an exploration paid for it, nothing is owed and the ratio alone decides.
+        if pays and owed_rows:
+            gain, switch_seconds = measured.drafting_gain(batch, SWITCH_HORIZON_STEPS), self.catch_up_cost(owed_rows)
+            if switch_seconds is not None and (gain is None or gain < switch_seconds):
+                pays = False
+        # What the latest exploration cost, all told (a drafted one also wrote the draft KV
+        # owed), sets the wait for the next one.
+        cost = measured.latest_cost(batch, drafted=not pays)
+        shared_pays, shared_cost = self.share([float(pays), cost])
+        shared_pays = bool(shared_pays)
+        exploration = self.explorations.get(batch.bit_length())
+        if exploration is None:  # not setdefault: that would build one every step
+            exploration = self.explorations[batch.bit_length()] = Exploration(
+                EXPLORATION_INTERVAL, MAX_EXPLORATION_INTERVAL, self.max_exploration_share)
+        explore = exploration.due(shared_pays, shared_cost)
+        self.counters.num_exploration_steps += explore
+        return shared_pays != explore, explore and not shared_pays
+
+    def _depths_to_draft(self) -> int:
+        """`steps`, or with elastic depth one beyond the deepest node bought lately."""
+        steps = self.config.steps
+        if not self.spends_budget() or not self.recent_bought_depths:
+            return steps
+        return min(steps, max(self.recent_bought_depths) + 1)
+
+    def stats(self) -> dict:
+        """The policy as it stands (gate, budget, the inputs of its decisions)."""
+        gate, curve = self.gate, self.acceptance_curve
+        return {
+            "policy": gate.name,
+            "gate_statistic": gate.statistic if gate.name == "echo" else None,
+            "judge_depth": list(gate.check_depths),
+            "threshold": list(gate.thresholds),
+            "remaining_num_draft_tokens": gate.stopped_num_draft_tokens,
+            "budget": self.config.budget,
+            "acceptance_curve": None if curve.gains_per_request is None else {
+                "drafts_per_request": curve.grid.tolist(),
+                "accepted_per_request": (curve.scale * curve.gains_per_request).tolist()},
+            "cost_model": None if self.cost_model is None else self.cost_model.to_dict(),
+        }
+
+
+def growth_policy(config: EchoConfig) -> GrowthPolicy:
+    """The per-request policy the config names (echo_vllm.core.gating)."""
+    if config.policy == "ddd":
+        return ddd_policy(config.num_draft_tokens, config.judge_depth, config.threshold[0])
+    if config.policy == "opt_tree":
+        return opt_tree_policy(config.num_draft_tokens, config.steps, config.threshold[0])
+    if config.policy == "echo":  # without judge depths (online calibration): no gate yet
+        return echo_policy(config.num_draft_tokens, config.judge_depth, config.threshold,
+                           config.remaining_num_draft_tokens or config.num_draft_tokens, config.gate_statistic)
+    return static_policy(config.num_draft_tokens)
+
+
+def log_online_calibration(config: EchoConfig) -> None:
+    if config.calibration_steps is not None:
+        logger.info("echo-vllm: no gate given (judge_depth/threshold or calibration_file): calibrating "
+                    "it online over the first %d verification steps, gating off meanwhile",
+                    config.calibration_steps)

@@ -1,0 +1,151 @@
+"""The batch policy's decisions under scripted timings: a fake clock and scripted passes, no
+engine, no machine timing (echo_vllm/scheduler_patches/batch_policy.py)."""
+
+import dataclasses
+
+import torch
+
+from echo_vllm.config import parse_echo_config
+from echo_vllm.core.budget import CostModel
+from echo_vllm.scheduler_patches.batch_policy import (
+    EXPLORATION_INTERVAL,
+    MIN_DRAFTED_STEPS,
+    BatchPolicy,
+)
+from echo_vllm.stats import EchoCounters
+
+ECHO_AUTO = {"method": "echo", "model": "head", "steps": 3, "topk": 2, "num_draft_tokens": 5,
+             "judge_depth": 1, "threshold": 0.0}
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_policy(options=ECHO_AUTO, share=lambda values: values):
+    clock = FakeClock()
+    policy = BatchPolicy(parse_echo_config(options), EchoCounters(), share=share, clock=clock)
+    policy.cost_model = CostModel([1, 8, 64], [0.010, 0.010, 0.012])
+    return policy, clock
+
+
+def run_step(policy, clock, batch, draft_s, accepted_per_request, pass_s=0.010):
+    """One engine step as the drafter and the runner report it: the decision, drafting (or
+    keeping the first-pass inputs), the target pass, and its acceptance. Returns the plan."""
+    req_ids = [f"r{i}" for i in range(batch)]
+    plan = policy.decide(req_ids, owed_rows=0)
+    if plan.draft:
+        policy.caught_up(0)
+        clock.now += draft_s
+        policy.budget(plan, torch.full((batch * 4,), 0.5), batch)
+    else:
+        clock.now += 0.0001
+    policy.drafted(plan, req_ids)
+    clock.now += pass_s
+    policy.observe_pass(batch * (5 if plan.draft else 1), pass_s)
+    if plan.draft:
+        policy.observe_acceptance(predicted=0.5 * batch, accepted=round(accepted_per_request * batch))
+    return plan
+
+
+def test_drafts_the_first_steps_whatever_it_expects():
+    policy, clock = make_policy()
+    plans = [run_step(policy, clock, 1, draft_s=0.050, accepted_per_request=0) for _ in range(MIN_DRAFTED_STEPS)]
+    assert all(plan.draft for plan in plans)
+    assert policy.counters.num_drafted_steps == MIN_DRAFTED_STEPS
+
+
+def test_a_head_that_never_pays_stops_drafting_but_explores_every_interval():
+    policy, clock = make_policy()
+    policy.max_exploration_share = 0.99  # the wait stays at its floor: EXPLORATION_INTERVAL
+    plans = [run_step(policy, clock, 1, draft_s=0.020, accepted_per_request=0) for _ in range(400)]
+    after_warm_up = [plan.draft for plan in plans[MIN_DRAFTED_STEPS:]]
+    # not drafting from the first decision on; then one drafted step after every
+    # EXPLORATION_INTERVAL undrafted ones in a row
+    expected = ([False] * EXPLORATION_INTERVAL + [True]) * (len(after_warm_up) // (EXPLORATION_INTERVAL + 1) + 1)
+    assert after_warm_up == expected[: len(after_warm_up)]
+    counters = policy.counters
+    assert counters.num_exploration_steps == after_warm_up.count(True)
+    assert counters.num_undrafted_steps == after_warm_up.count(False)
+    assert all(plan.exploring == plan.draft for plan in plans[MIN_DRAFTED_STEPS:])
+
+
+def test_dear_explorations_wait_longer():
+    policy, clock = make_policy()  # default share: exploring may cost 1 % of the steps
+    plans = [run_step(policy, clock, 1, draft_s=0.020, accepted_per_request=0) for _ in range(2000)]
+    explorations = [i for i, plan in enumerate(plans[MIN_DRAFTED_STEPS:]) if plan.draft]
+    gaps = [b - a for a, b in zip(explorations, explorations[1:])]
+    # a drafted step costs 2 undrafted ones more than the one it replaces: the wait is
+    # about 2 / 0.01 = 200 steps, not EXPLORATION_INTERVAL
+    assert explorations[0] > 150
+    assert gaps and all(gap > 150 for gap in gaps), gaps
+
+
+def test_a_head_that_pays_keeps_drafting_and_explores_undrafted_steps():
+    policy, clock = make_policy()
+    policy.max_exploration_share = 0.99
+    plans = [run_step(policy, clock, 1, draft_s=0.002, accepted_per_request=1.0) for _ in range(200)]
+    after_warm_up = plans[MIN_DRAFTED_STEPS:]
+    undrafted = [i for i, plan in enumerate(after_warm_up) if not plan.draft]
+    assert len(undrafted) >= 3 and all(b - a == EXPLORATION_INTERVAL + 1 for a, b in zip(undrafted, undrafted[1:]))
+    assert not any(plan.exploring for plan in after_warm_up)  # exploring = drafting against the odds only
+
+
+def test_rank_zeros_choice_wins():
+    """Ranks time their own passes; every rank follows rank 0's shared decision."""
+    rank_zero_drafts = lambda values: [1.0, 0.0] if len(values) == 2 else values  # noqa: E731
+    policy, clock = make_policy(share=rank_zero_drafts)
+    plans = [run_step(policy, clock, 1, draft_s=0.020, accepted_per_request=0) for _ in range(100)]
+    # this rank measures that drafting loses, but rank 0 says it pays: it drafts, exploring
+    # (not drafting) once per interval
+    after_warm_up = [plan.draft for plan in plans[MIN_DRAFTED_STEPS:]]
+    assert after_warm_up.count(False) == len(after_warm_up) // (EXPLORATION_INTERVAL + 1)
+
+
+def test_forced_choice_overrides_the_decision():
+    policy, clock = make_policy()
+    policy.forced_choice = False
+    assert not any(run_step(policy, clock, 4, 0.0, 1.0).draft for _ in range(10))
+    policy.forced_choice = True
+    assert all(run_step(policy, clock, 4, 0.5, 0.0).draft for _ in range(10))
+    assert policy.counters.num_exploration_steps == 0
+
+
+def test_exploring_buys_at_least_one_draft_per_request():
+    policy, _ = make_policy()
+    policy.cost_model = CostModel([1, 8, 64], [0.01, 0.08, 0.64])  # every verified token costs
+    plan = policy.decide(["a", "b", "c"], 0)
+    exploring = dataclasses.replace(plan, exploring=True)
+    # node values so low that the goodput budget buys nothing
+    assert policy.budget(plan, torch.full((12,), 1e-6), 3) == 0
+    assert policy.budget(exploring, torch.full((12,), 1e-6), 3) == 3
+    assert policy.counters.num_budgeted_steps == 2 and policy.counters.budget_sum == 3
+
+
+def test_static_policy_always_drafts_every_depth_without_a_budget():
+    policy, clock = make_policy({"method": "echo", "model": "head", "steps": 3, "policy": "static"})
+    plans = [run_step(policy, clock, 2, draft_s=1.0, accepted_per_request=0) for _ in range(50)]
+    assert all(plan.draft and plan.depths == 3 and not plan.spends_budget for plan in plans)
+
+
+def test_elastic_depth_follows_the_deepest_bought_node():
+    policy, _ = make_policy()
+    assert policy.decide(["a"], 0).depths == 3
+    for deepest in (1, 1, 1):
+        policy.bought(deepest)
+    assert policy.decide(["a"], 0).depths == 2
+    policy.bought(3)
+    assert policy.decide(["a"], 0).depths == 3
+
+
+def test_step_overhead_is_the_time_outside_drafting_and_the_pass():
+    policy, clock = make_policy()
+    for _ in range(5):
+        run_step(policy, clock, 2, draft_s=0.004, accepted_per_request=0.5)
+        clock.now += 0.003  # the engine's own work between steps
+    assert abs(policy.step_seconds_besides_drafting(2) - 0.003) < 1e-9
+    assert abs(policy.draft_seconds(2) - 0.004) < 1e-9
