@@ -97,7 +97,8 @@ def main() -> None:
     head = str(cache_dir() / "heads" / "smollm2-135m-random")
     if not os.path.exists(os.path.join(head, "config.json")):
         write_random_head(head, target, draft_vocab_size=8192, seed=0)
-    engines = {name: LLM(model=target, **ENGINE, speculative_config={"method": "echo", "model": head, **shape})
+    engines = {name: LLM(model=target, **ENGINE, speculative_config={"method": "echo", "model": head,
+                                                                   "policy": "static", **shape})
                for name, shape in SHAPES.items()}
     for llm in engines.values():
         llm.collective_rpc(install_timers)

@@ -50,7 +50,8 @@ def calibrate(target: str, draft: str, out: str, source: str = "training", num_p
     from vllm import LLM, SamplingParams
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tree = {"steps": steps, "topk": topk, "num_draft_tokens": num_draft_tokens}
+    # a fixed tree, gating off: every request-step records its whole tree
+    tree = {"policy": "static", "steps": steps, "topk": topk, "num_draft_tokens": num_draft_tokens}
     chats = calibration_prompts(source, num_prompts)
     run_batch_size = run_batch_size or batch_size
     llm = LLM(model=target, max_num_seqs=run_batch_size, max_model_len=context_length(target, 2048), **ENGINE,

@@ -15,10 +15,13 @@ Vocabulary (SGLang's, which the seed's tables use):
 Policies (echo_vllm.core.gating): `static` (EAGLE-3's fixed tree), `ddd` (stop when the
 frontier's summed probability < threshold, checked after each judge depth, default every
 depth), `opt_tree` (stop when one more depth adds < threshold expected accepted tokens),
-`echo` (sparse gate at the judge depths, plus the batch's verification budget). Giving
-`judge_depth` without `policy` selects `echo`, as SGLang's ECHO options do. An `echo` gate
-comes from `judge_depth` + `threshold`, from a `calibration_file`, or, with neither, from
-calibrating online during the first `calibration_steps` verification steps.
+`echo` (sparse gate at the judge depths, plus the batch's verification budget with `budget`
+'auto'). `echo` is the default: `{"method": "echo", "model": HEAD}` runs ECHO. Its gate comes
+from `judge_depth` + `threshold`, from a `calibration_file` (by default HEAD/calibration.json
+when it exists, as `echo-vllm calibrate` writes it), or, with neither, from calibrating online
+during the first `calibration_steps` verification steps; its tree shape from the options, the
+calibration file, or else the seed's (SEED_TREE). `static` (or `steps` 1, a single draft) runs
+a fixed tree: a chain with `topk` 1.
 
 The candidate pool of an EAGLE-2-style expansion holds K nodes at depth 1 and K*K proposed
 children at every further depth (each of the K frontier nodes proposes K), so
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from echo_vllm.calibration_file import CALIBRATED_KEYS, TREE_KEYS, read_calibration
@@ -44,6 +48,15 @@ POLICIES = ("static", "ddd", "opt_tree", "echo")
 # Verification steps an echo engine without a gate or calibration file spends calibrating
 # its gate online (gating off meanwhile).
 DEFAULT_CALIBRATION_STEPS = 256
+# The calibration file echo takes from the head's directory when none is named.
+CALIBRATION_BESIDE_HEAD = "calibration.json"
+# Echo's tree where neither the options nor a calibration file give one: the seed's EAGLE-3
+# tree (SGLang's steps 5, topk 8, with 32 verified nodes, the default num_draft_tokens of
+# every tree that has as many); the budget decides how much of it a step verifies.
+SEED_TREE = {"steps": 5, "topk": 8}
+# A fixed tree's default: a chain of three drafts.
+STATIC_TREE = {"steps": 3, "topk": 1}
+DEFAULT_NUM_DRAFT_TOKENS = 32
 
 # vLLM speculative-config keys passed through unchanged to the draft model's config.
 VLLM_PASSTHROUGH_KEYS = ("draft_tensor_parallel_size", "max_model_len", "enforce_eager")
@@ -180,12 +193,15 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
             f"{sorted(VALID_KEYS)}"
         )
 
+    options = _with_calibration_beside_head(options)
     if options.get("calibration_file") is not None:
         options = _with_calibration(options)
-    steps = _int(options, "steps", 3, 1, MAX_STEPS)
-    topk = _int(options, "topk", 1, 1, MAX_TOPK)
+    policy = _choice(options, "policy", "static" if options.get("steps") == 1 else "echo", POLICIES)
+    default_tree = SEED_TREE if policy == "echo" else STATIC_TREE
+    steps = _int(options, "steps", default_tree["steps"], 1, MAX_STEPS)
+    topk = _int(options, "topk", default_tree["topk"], 1, MAX_TOPK)
     max_nodes = 1 + min(pool_size(steps, topk), MAX_DRAFT_TOKENS)
-    default_nodes = min(max_nodes, 32)
+    default_nodes = min(max_nodes, DEFAULT_NUM_DRAFT_TOKENS)
     if options.get("num_draft_tokens") is not None:
         # Checked against the tree shape first: that is the mistake users make.
         _int(options, "num_draft_tokens", None, 2, 1 + MAX_DRAFT_TOKENS)
@@ -197,8 +213,6 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
             )
     num_draft_tokens = _int(options, "num_draft_tokens", default_nodes, 2, max_nodes)
 
-    gated = options.get("judge_depth") is not None
-    policy = _choice(options, "policy", "echo" if gated else "static", POLICIES)
     judge_depth = _int_list(options, "judge_depth", 1, max(1, steps - 1))
     _check_policy_keys(options, policy, steps)
     if policy == "ddd" and not judge_depth:
@@ -263,6 +277,39 @@ def _check_policy_keys(options: Mapping[str, Any], policy: str, steps: int) -> N
     if options.get("calibration_steps") is not None and options.get("judge_depth") is not None:
         raise _fail("option 'calibration_steps' calibrates the gate online; it cannot be combined "
                     "with a gate given by 'judge_depth' / 'threshold' or 'calibration_file'")
+
+
+def _with_calibration_beside_head(options: dict[str, Any]) -> dict[str, Any]:
+    """The options with HEAD/calibration.json as their calibration_file, when it exists and
+    the options leave the gate to echo: policy echo, no gate, no online calibration, no file
+    named, and no tree shape other than the file's (a file measured on another tree would
+    not describe this one: echo calibrates online instead)."""
+    model = options.get("model")
+    if options.get("policy", "echo") != "echo" or options.get("steps") == 1 or not isinstance(model, str):
+        return options
+    if any(options.get(key) is not None for key in (*CALIBRATED_KEYS, "calibration_file", "calibration_steps")):
+        return options
+    path = Path(model) / CALIBRATION_BESIDE_HEAD
+    if not path.is_file():
+        return options
+    content = read_calibration(str(path))
+    if any(options.get(key) is not None and options[key] != content.get(key) for key in TREE_KEYS):
+        return options
+    return {**options, "calibration_file": str(path)}
+
+
+def describe_calibration(config: EchoConfig) -> str:
+    """Where the echo gate comes from, for the start-up log."""
+    if config.policy != "echo":
+        return f"policy {config.policy}: no gate"
+    if config.calibration_file is not None:
+        beside = Path(config.calibration_file) == Path(config.model) / CALIBRATION_BESIDE_HEAD
+        return (f"gate from calibration file {config.calibration_file}" + (" (found beside the head)" if beside else "")
+                + f": {config.gate_statistic} at depth {list(config.judge_depth)}, threshold {list(config.threshold)}")
+    if config.calibration_steps is not None:
+        return (f"no calibration file ({Path(config.model) / CALIBRATION_BESIDE_HEAD} not found, or for another "
+                f"tree): calibrating the gate online over the first {config.calibration_steps} verification steps")
+    return f"gate given: {config.gate_statistic} at depth {list(config.judge_depth)}, threshold {list(config.threshold)}"
 
 
 def _with_calibration(options: dict[str, Any]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from echo_vllm.kernels.paged_kv import check_isa, move_kv, slots_of
 from echo_vllm.kernels.tree_attention import METADATA_ATTRIBUTE, TreeAttentionBatch
 from echo_vllm.log import logger
 from echo_vllm.proposers.eagle_tree import DraftResult, EchoProposer, kv_layout_of
-from echo_vllm.scheduler_patches.batch_policy import BatchPolicy, log_online_calibration
+from echo_vllm.scheduler_patches.batch_policy import BatchPolicy
 from echo_vllm.scheduler_patches.gate_calibration import GateCalibration
 from echo_vllm.stats import EchoCounters
 from echo_vllm.tensor_parallel import same_on_every_rank
@@ -98,7 +98,6 @@ class EchoRunnerMixin:
         self.echo_counters = EchoCounters()
         self.echo_policy = BatchPolicy(echo_config, self.echo_counters, share=same_on_every_rank)
         self.echo_calibration = GateCalibration(echo_config, self.echo_policy)
-        log_online_calibration(echo_config)
         if hasattr(self, "drafter"):  # only the last pipeline stage drafts
             self.drafter = EchoProposer(vllm_config, device, echo_config, runner=self,
                                         policy=self.echo_policy, counters=self.echo_counters)

@@ -46,7 +46,6 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="MT-Bench questions per repetition")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=3, help="echo 'steps' (draft depth)")
     args = parser.parse_args()
 
     from vllm import LLM, SamplingParams
@@ -59,7 +58,7 @@ def main() -> None:
 
     plain = LLM(model=target, **ENGINE)
     echo = LLM(model=target, **ENGINE,
-               speculative_config={"method": "echo", "model": head, "steps": args.steps})
+               speculative_config={"method": "echo", "model": head})  # ECHO, calibration beside the head
     rates = {"plain": [], "echo": []}
     outputs = {}
     for _ in range(args.repetitions):

@@ -8,6 +8,7 @@ import pytest
 from echo_vllm.calibration_file import write_calibration
 from echo_vllm.config import (
     VALID_KEYS,
+    describe_calibration,
     parse_echo_config,
     pool_size,
     to_vllm_speculative_config,
@@ -18,14 +19,40 @@ def parse(**options):
     return parse_echo_config({"method": "echo", "model": "/heads/x", **options})
 
 
-def test_defaults_are_a_chain_of_three_drafts():
-    config = parse()
-    assert (config.steps, config.topk, config.num_draft_tokens) == (3, 1, 4)
-    assert config.policy == "static"
+def test_the_bare_form_is_echo_with_the_seeds_tree_calibrated_online():
+    config = parse()  # /heads/x holds no calibration.json
+    assert (config.policy, config.budget, config.calibration_file) == ("echo", "auto", None)
+    assert (config.steps, config.topk, config.num_draft_tokens) == (5, 8, 32)
+    assert config.calibration_steps == 256 and config.judge_depth == ()
     assert to_vllm_speculative_config(config) == {
-        "method": "eagle3", "model": "/heads/x", "num_speculative_tokens": 3,
+        "method": "eagle3", "model": "/heads/x", "num_speculative_tokens": 31,
         "disable_padded_drafter_batch": True,
     }
+    assert "calibrating the gate online over the first 256" in describe_calibration(config)
+
+
+def test_static_is_a_chain_of_three_drafts_unless_shaped():
+    config = parse(policy="static")
+    assert (config.steps, config.topk, config.num_draft_tokens, config.budget) == (3, 1, 4, None)
+    assert parse(steps=1).policy == "static"  # a single draft: nothing to gate
+    assert parse(policy="static", steps=4, topk=2).num_draft_tokens == 15  # the whole pool, 2 + 3 * 4
+
+
+def test_a_calibration_file_beside_the_head_is_taken(tmp_path):
+    head = tmp_path / "head"
+    head.mkdir()
+    calibration(head, steps=4, topk=2, num_draft_tokens=6, threshold=[0.25], remaining_num_draft_tokens=3)
+    config = parse_echo_config({"method": "echo", "model": str(head)})
+    assert config.calibration_file == str(head / "calibration.json")
+    assert (config.steps, config.topk, config.num_draft_tokens) == (4, 2, 6)
+    assert (config.judge_depth, config.threshold, config.calibration_steps) == ((2,), (0.25,), None)
+    assert "found beside the head" in describe_calibration(config)
+    # the same tree named by hand: still the file's gate
+    assert parse_echo_config({"method": "echo", "model": str(head), "steps": 4}).calibration_file is not None
+    # another tree, a gate, online calibration or another policy: the file is not taken
+    for options in ({"topk": 4}, {"judge_depth": 1, "threshold": 0.5}, {"calibration_steps": 9},
+                    {"policy": "static"}):
+        assert parse_echo_config({"method": "echo", "model": str(head), **options}).calibration_file is None
 
 
 def test_the_seeds_sglang_options_select_echo():
@@ -87,26 +114,27 @@ def test_pool_size_worked_examples():
         ({"topk": 0}, "'topk' must be in [1, 32], got 0"),
         ({"num_draft_tokens": 1}, "'num_draft_tokens' must be in [2, 129], got 1"),
         ({"num_draft_tokens": "many"}, "'num_draft_tokens' must be an integer"),
-        ({"steps": 3, "num_draft_tokens": 5}, "'num_draft_tokens' = 5 is larger than a tree with steps = 3 and topk = 1"),
+        ({"steps": 3, "topk": 1, "num_draft_tokens": 5}, "'num_draft_tokens' = 5 is larger than a tree with steps = 3 and topk = 1"),
         ({"judge_depth": 3, "steps": 3}, "'judge_depth' must be in [1, 2], got 3"),
         ({"judge_depth": [2, 1], "steps": 4, "threshold": [0.1, 0.2]}, "distinct depths in increasing order"),
         ({"judge_depth": 1, "threshold": 1.5}, "'threshold' must be in [0.0, 1.0], got 1.5"),
         ({"judge_depth": 1, "threshold": "high"}, "'threshold' must be a number"),
         ({"judge_depth": [1, 2], "threshold": 0.5}, "one value per judge depth"),
-        ({"threshold": 0.5}, "option 'threshold' is not used by policy 'static'"),
-        ({"remaining_num_draft_tokens": 2}, "option 'remaining_num_draft_tokens' is not used by policy 'static'"),
-        ({"budget": 8}, "option 'budget' is not used by policy 'static'"),
+        ({"policy": "static", "threshold": 0.5}, "option 'threshold' is not used by policy 'static'"),
+        ({"policy": "static", "remaining_num_draft_tokens": 2}, "option 'remaining_num_draft_tokens' is not used by policy 'static'"),
+        ({"policy": "static", "budget": 8}, "option 'budget' is not used by policy 'static'"),
         ({"policy": "ddd", "threshold": 0.5, "budget": 8}, "option 'budget' is not used by policy 'ddd'"),
         ({"policy": "opt_tree", "threshold": 0.1, "judge_depth": 1}, "option 'judge_depth' is not used by policy 'opt_tree'"),
         ({"policy": "ddd"}, "policy 'ddd' needs option 'threshold'"),
         ({"policy": "echo", "judge_depth": 1}, "policy 'echo' needs option 'threshold'"),
         ({"judge_depth": 1, "threshold": 0.5, "calibration_steps": 10}, "'calibration_steps' calibrates the gate online"),
-        ({"calibration_steps": 10}, "option 'calibration_steps' is not used by policy 'static'"),
+        ({"policy": "static", "calibration_steps": 10}, "option 'calibration_steps' is not used by policy 'static'"),
         ({"policy": "echo", "threshold": 0.5}, "policy 'echo' needs option 'judge_depth'"),
         ({"policy": "ddd", "steps": 4, "threshold": [0.1, 0.2]}, "'threshold' must be one number for policy 'ddd'"),
         ({"policy": "opt_tree", "steps": 1, "threshold": 0.1}, "needs steps >= 2, got steps = 1"),
         ({"judge_depth": 1, "threshold": 0.5, "gate_statistic": "entropy"}, "'gate_statistic' must be one of ['frontier_sum', 'best_path']"),
-        ({"judge_depth": 1, "threshold": 0.5, "remaining_num_draft_tokens": 9}, "'remaining_num_draft_tokens' must be in [1, 4], got 9"),
+        ({"judge_depth": 1, "threshold": 0.5, "steps": 3, "topk": 1, "remaining_num_draft_tokens": 9},
+         "'remaining_num_draft_tokens' must be in [1, 4], got 9"),
         ({"policy": "greedy"}, "'policy' must be one of ['static', 'ddd', 'opt_tree', 'echo'], got 'greedy'"),
         ({"judge_depth": 1, "threshold": 0.5, "budget": 0}, "'budget' must be 'auto' or an integer >= 1, got 0"),
         ({"judge_depth": 1, "threshold": 0.5, "budget": "lots"}, "'budget' must be 'auto' or an integer >= 1"),

@@ -57,7 +57,7 @@ def test_cli_json_reaches_echo(tiny_target, tiny_head):
     args = parser.parse_args([
         "--model", tiny_target, "--dtype", "float32", "--skip-tokenizer-init",
         "--max-model-len", "1024",
-        "--speculative-config", json.dumps({"method": "echo", "model": tiny_head, "steps": 2}),
+        "--speculative-config", json.dumps({"method": "echo", "model": tiny_head, "policy": "static", "steps": 2}),
     ])
     config = AsyncEngineArgs.from_cli_args(args).create_engine_config()
     assert config.speculative_config.num_speculative_tokens == 2

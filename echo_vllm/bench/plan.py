@@ -48,7 +48,7 @@ class BenchPlan:
                 for k in self.eagle3_ks:
                     configs[f"eagle3 K={k}"] = {"method": "eagle3", "model": self.head, "num_speculative_tokens": k}
             elif method == "static":
-                configs["static"] = {**echo, **STATIC_TREE}
+                configs["static"] = {**echo, **STATIC_TREE, "policy": "static"}
             elif method == "ddd":
                 configs["ddd"] = {**echo, **STATIC_TREE, "policy": "ddd", "threshold": self.ddd_threshold}
             elif method == "opt_tree":

@@ -33,7 +33,6 @@ from echo_vllm.core.budget import (
     speculation_pays,
 )
 from echo_vllm.core.gating import GrowthPolicy, ddd_policy, echo_policy, opt_tree_policy, static_policy
-from echo_vllm.log import logger
 from echo_vllm.stats import EchoCounters
 
 # steps whose deepest bought node sets the depth drafted next (elastic depth)
@@ -308,9 +307,3 @@ def growth_policy(config: EchoConfig) -> GrowthPolicy:
                            config.remaining_num_draft_tokens or config.num_draft_tokens, config.gate_statistic)
     return static_policy(config.num_draft_tokens)
 
-
-def log_online_calibration(config: EchoConfig) -> None:
-    if config.calibration_steps is not None:
-        logger.info("echo-vllm: no gate given (judge_depth/threshold or calibration_file): calibrating "
-                    "it online over the first %d verification steps, gating off meanwhile",
-                    config.calibration_steps)

@@ -15,7 +15,7 @@ import functools
 from typing import Any
 
 from echo_vllm.calibration_file import check_models, read_calibration
-from echo_vllm.config import METHOD, parse_echo_config, to_vllm_speculative_config
+from echo_vllm.config import METHOD, describe_calibration, parse_echo_config, to_vllm_speculative_config
 from echo_vllm.draft_head import TargetShape, check_head_matches_target
 from echo_vllm.log import logger
 from echo_vllm.scheduler_patches.records import VllmPatch
@@ -118,8 +118,9 @@ def _wrap_create_speculative_config(original):
             require_gpu_settings(self)
         self.additional_config[ADDITIONAL_CONFIG_KEY] = echo.to_dict()
         logger.info(
-            "echo-vllm: method 'echo' with head %s: steps=%d topk=%d num_draft_tokens=%d "
-            "policy=%s", echo.model, echo.steps, echo.topk, echo.num_draft_tokens, echo.policy,
+            "echo-vllm: method 'echo' with head %s: policy=%s budget=%s steps=%d topk=%d num_draft_tokens=%d; %s",
+            echo.model, echo.policy, echo.budget, echo.steps, echo.topk, echo.num_draft_tokens,
+            describe_calibration(echo),
         )
         return SpeculativeConfig(
             **to_vllm_speculative_config(echo),

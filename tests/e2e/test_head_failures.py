@@ -19,6 +19,7 @@ PROMPTS = random_token_prompts(16, TINY["vocab_size"], min_len=1, max_len=100, s
 GREEDY = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
 SEEDED = SamplingParams(temperature=0.8, top_p=0.9, seed=5, max_tokens=32, ignore_eos=True)
 TREE = {"steps": 3, "topk": 4, "num_draft_tokens": 8}
+STATIC = {"policy": "static"}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def nan_head(tiny_head, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("policy", [{}, {"judge_depth": 1, "threshold": 0.1}])  # static; echo, auto budget
+@pytest.mark.parametrize("policy", [STATIC, {"judge_depth": 1, "threshold": 0.1}])  # echo: auto budget
 def test_a_head_with_nan_outputs_changes_no_token(tiny_target, nan_head, plain, policy):
     llm = LLM(model=tiny_target, **TINY_ENGINE,
               speculative_config={"method": "echo", "model": nan_head, **TREE, **policy})
@@ -76,7 +77,7 @@ def install_wrong_drafts(llm, references):
 
 @pytest.mark.parametrize("policy", ["static", "echo"])
 def test_a_head_whose_drafts_are_all_rejected(tiny_target, tiny_head, plain, policy):
-    gate = {"judge_depth": 1, "threshold": 0.0} if policy == "echo" else {}  # echo: budget auto
+    gate = {"judge_depth": 1, "threshold": 0.0} if policy == "echo" else STATIC  # echo: budget auto
     llm = LLM(model=tiny_target, **TINY_ENGINE,
               speculative_config={"method": "echo", "model": tiny_head, **TREE, **gate})
     try:

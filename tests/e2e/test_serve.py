@@ -33,7 +33,7 @@ def echo_server_log(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, smollm2):
     head = write_random_head(str(tmp_path_factory.mktemp("head")), smollm2, draft_vocab_size=2048)
-    config = json.dumps({"method": "echo", "model": head, "steps": 3})
+    config = json.dumps({"method": "echo", "model": head, "policy": "static", "steps": 3})
     yield from serve(smollm2, ["--speculative-config", config], echo_server_log(tmp_path_factory))
 
 

@@ -30,7 +30,8 @@ def plain(smollm2):
 def echo(smollm2, plain, tmp_path_factory):
     head = write_random_head(str(tmp_path_factory.mktemp("head")), smollm2, draft_vocab_size=2048)
     llm = LLM(model=smollm2, **ENGINE, disable_log_stats=False,
-              speculative_config={"method": "echo", "model": head, "steps": 4, "topk": 4, "num_draft_tokens": 12})
+              speculative_config={"method": "echo", "model": head, "policy": "static", "steps": 4, "topk": 4,
+                                                  "num_draft_tokens": 12})
     # the oracle's continuations: long greedy runs that ignore EOS cover every stop below
     long_runs = plain.chat(CHATS, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True), use_tqdm=False)
     install_oracle(llm, {tuple(o.prompt_token_ids): list(o.outputs[0].token_ids) for o in long_runs})

@@ -13,7 +13,7 @@ from conftest import TINY_ENGINE, echo_stat, random_token_prompts, shutdown, spe
 from oracle import install_oracle
 from tiny_models import TINY
 
-TREE = {"steps": 4, "topk": 4, "num_draft_tokens": 12}
+TREE = {"policy": "static", "steps": 4, "topk": 4, "num_draft_tokens": 12}
 PROMPTS = random_token_prompts(24, TINY["vocab_size"], min_len=1, max_len=200, seed=5)
 GREEDY = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
 

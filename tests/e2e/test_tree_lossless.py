@@ -16,12 +16,12 @@ from tiny_models import TINY
 PROMPTS = random_token_prompts(56, TINY["vocab_size"], min_len=1, max_len=300, seed=11)
 GREEDY = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
 TREES = {
-    "chain-steps3": {"steps": 3, "topk": 1},
-    "chain-steps5-nodes3": {"steps": 5, "topk": 1, "num_draft_tokens": 3},
-    "steps1-topk3": {"steps": 1, "topk": 3},
-    "steps3-topk2-nodes6": {"steps": 3, "topk": 2, "num_draft_tokens": 6},
-    "steps4-topk4-nodes12": {"steps": 4, "topk": 4, "num_draft_tokens": 12},
-    "steps5-topk8-nodes32": {"steps": 5, "topk": 8, "num_draft_tokens": 32},
+    "chain-steps3": {"policy": "static", "steps": 3, "topk": 1},
+    "chain-steps5-nodes3": {"policy": "static", "steps": 5, "topk": 1, "num_draft_tokens": 3},
+    "steps1-topk3": {"policy": "static", "steps": 1, "topk": 3},
+    "steps3-topk2-nodes6": {"policy": "static", "steps": 3, "topk": 2, "num_draft_tokens": 6},
+    "steps4-topk4-nodes12": {"policy": "static", "steps": 4, "topk": 4, "num_draft_tokens": 12},
+    "steps5-topk8-nodes32": {"policy": "static", "steps": 5, "topk": 8, "num_draft_tokens": 32},
 }
 
 
