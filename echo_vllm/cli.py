@@ -251,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--target", default="smollm2-135m", help=f"a model directory or one of {sorted(MODELS)}")
     bench.add_argument("--head", help="the EAGLE-3 head directory (offline runs)")
     bench.add_argument("--serve", action="append", metavar="NAME=URL",
-                       help="measure running `vllm serve` servers instead, each started with its own method; "
-                       "repeat per server, one named 'plain' (no speculation); the throughput table's batch "
-                       "sizes are then concurrencies")
+                       help="measure running `vllm serve` servers instead, each started with its own method, "
+                       "through `vllm bench serve` (its JSON kept in OUT/vllm-bench/); repeat per server, one "
+                       "named 'plain' (no speculation); the throughput table's batch sizes are then concurrencies")
     bench.add_argument("--calibration", help="echo's calibration file (default: echo calibrates online)")
     bench.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {list(METHODS)}")
     bench.add_argument("--eagle3-k", default="1,2,3", help="vLLM eagle3 chain lengths (each reported)")

@@ -67,7 +67,7 @@ def echo_choice(r: dict) -> str:
     if echo.get("judge_depth"):
         thresholds = ", ".join(f"{t:.3g}" for t in echo["threshold"])
         depths = ", ".join(map(str, echo["judge_depth"]))
-        parts.append(f"{echo.get('policy', 'gate')} depth {depths} threshold {thresholds}")
+        parts.append(f"{echo.get('policy') or 'gate'} depth {depths} threshold {thresholds}")
     if echo.get("gate_pass_rate") is not None:
         parts.append(f"gate pass {echo['gate_pass_rate']:.0%}")
     if echo.get("drafted_share") is not None:
@@ -115,18 +115,31 @@ def throughput_table(throughput: dict) -> list[str]:
 
 
 def serving_latency_table(results: dict) -> list[str]:
-    """TTFT and TPOT percentiles of served runs (online mode), no speculation first."""
-    def cells(ttft, tpot):
-        return " | ".join(_number(d.get(p), 1) for d in (ttft, tpot) for p in ("p50", "p90", "p99"))
+    """Requests/s and TTFT / TPOT / ITL percentiles of served runs (online mode), no speculation
+    first ("-" where the client did not measure it)."""
+    metrics = ("ttft", "tpot", "itl")
 
-    lines = ["| table | workload | method | TTFT p50 | TTFT p90 | TTFT p99 | TPOT p50 | TPOT p90 | TPOT p99 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    def cells(r: dict, prefix: str = "") -> str:
+        rate = _number(r.get(f"{prefix}requests_per_s"), 2)
+        return rate + " | " + " | ".join(_number((r.get(f"{prefix}{m}_ms") or {}).get(p), 1)
+                                         for m in metrics for p in ("p50", "p90", "p99"))
+
+    head = " | ".join(f"{m.upper()} {p}" for m in metrics for p in ("p50", "p90", "p99"))
+    lines = [f"| table | workload | method | req/s | {head} |", "|---|---|---|---|" + "---|" * 9]
     for table in ("latency", "throughput"):
         for key, by_method in results[table].items():
             first = next(iter(by_method.values()))
-            lines.append(f"| {table} | {key} | no speculation | {cells(first['plain_ttft_ms'], first['plain_tpot_ms'])} |")
-            lines += [f"| {table} | {key} | {name} | {cells(r['ttft_ms'], r['tpot_ms'])} |" for name, r in by_method.items()]
+            lines.append(f"| {table} | {key} | no speculation | {cells(first, 'plain_')} |")
+            lines += [f"| {table} | {key} | {name} | {cells(r)} |" for name, r in by_method.items()]
     return lines
+
+
+def serving_note(results: dict) -> str:
+    if results.get("client") == "vllm bench serve":
+        return ("Each run is one `vllm bench serve` (its saved JSON in vllm-bench/): completions streamed with "
+                "the chat template applied by the client, at most bs requests in flight; requests/s and "
+                "percentiles as it reports them per run, median over the runs.")
+    return "Streamed requests through the OpenAI API; percentiles over every request of every run."
 
 
 def markdown(results: dict, meta: dict) -> str:
@@ -154,8 +167,7 @@ def markdown(results: dict, meta: dict) -> str:
     served = any("ttft_ms" in r for table in ("latency", "throughput")
                  for by_method in results[table].values() for r in by_method.values())
     if served:
-        out += ["## Serving latency (ms)", "", "Streamed requests through the OpenAI API; percentiles over every "
-                "request of every run.", "", *serving_latency_table(results), ""]
+        out += ["## Serving latency (ms)", "", serving_note(results), "", *serving_latency_table(results), ""]
     out += ["MAT: tokens committed per request per verification step, bonus token included. util: accepted / "
             "verified draft tokens. no speculation: the median of every plain run beside the methods; plain "
             "beside: the median of the plain runs taken in turn with that method, its x plain's denominator. "
