@@ -95,7 +95,8 @@ def read_bench_serve_result(path: Path) -> dict:
     saved = json.loads(Path(path).read_text())
     if saved.get("failed") or not saved.get("completed"):
         raise RuntimeError(f"echo-vllm bench: vllm bench serve completed {saved.get('completed')} requests and "
-                           f"{saved.get('failed')} failed ({path}); see the server's log")
+                           f"{saved.get('failed')} failed ({path}); its output is in {Path(path).with_suffix('.log')}, "
+                           "the reason in the server's log")
     return {"tokens_per_s": saved["output_throughput"], "requests_per_s": saved["request_throughput"],
             "output_tokens": saved["total_output_tokens"], "duration_s": saved["duration"],
             **{f"{metric}_ms": {f"p{p}": saved[f"p{p}_{metric}_ms"] for p in PERCENTILES}
@@ -154,8 +155,13 @@ def echo_decisions(before: dict[str, float], after: dict[str, float]) -> dict | 
 
 
 def served_model(url: str) -> str:
-    with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as response:
-        return json.loads(response.read())["data"][0]["id"]
+    """The model name a server serves; an error that says to start it if it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as response:
+            return json.loads(response.read())["data"][0]["id"]
+    except OSError as error:
+        raise RuntimeError(f"echo-vllm bench: no server answers at {url} ({error}); start each --serve server "
+                           "first (benchmarks/served_bench.sh starts them with examples/serve.sh)") from None
 
 
 def write_dataset(workload: Workload, path: Path) -> Path:

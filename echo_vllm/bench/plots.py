@@ -154,7 +154,8 @@ def utilization_figure(throughput: dict, meta: dict):
         idle = [b for b, r in points if undrafted(r)]
         if idle:
             idle_any = True
-            _mark_idle(ax, name, idle, [band / 2] * len(idle), f"{name}: did not draft (< {UNDRAFTED_SHARE:.0%} of steps)")
+            _mark_idle(ax, name, idle, [band / 2] * len(idle),
+                       f"{name}: did not draft (< {UNDRAFTED_SHARE:.0%} of steps)")
     if idle_any:
         ax.axhspan(band, 0.0, color="0.92", zorder=0)
         ax.text(0.01, band / 2, "did not draft", transform=ax.get_yaxis_transform(), va="center", fontsize=8,

@@ -175,3 +175,8 @@ def test_rows_and_the_served_report():
             in text)
     assert "| 4 | echo | 25.0 (24.0-26.0) | 21.0 | 1.19 | 1.50 | 0.25 |" in text
     assert "gate depth 2 threshold 0.779; drafted 25% of steps (5% exploring) |" in text
+
+
+def test_a_server_that_does_not_answer_is_named():
+    with pytest.raises(RuntimeError, match="no server answers at http://127.0.0.1:9 .*start each --serve server"):
+        online.served_model("http://127.0.0.1:9")
