@@ -207,22 +207,29 @@ def _rounded(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def echo_below_static(projection: dict) -> list[str]:
+    """The batch sizes where echo projects below static."""
+    return [b for b, p in projection.items() if "echo" in p["methods"] and "static" in p["methods"]
+            and p["methods"]["echo"]["x_plain"] < p["methods"]["static"]["x_plain"]]
+
+
 def projection_markdown(projection: dict, profile: Profile, source: str, measured: dict | None = None) -> str:
-    """The projection table; with the measured results, a note on every batch size where echo
-    projects below static, saying why."""
+    """The projection table; where echo projects below static, its row says so and a note
+    below the table says why (from the measured results, when given)."""
     lines = [f"# PROJECTION (not a measurement): profile {profile.name}", "",
              f"Acceptance measured in `{source}`; step times from a roofline with these assumptions: "
              f"`{json.dumps(profile.__dict__)}`. See `echo_vllm/bench/simulate.py` for the model.", "",
-             "| bs | acceptance from bs | method | projected tok/s | x plain | echo drafts/request |",
-             "|---|---|---|---|---|---|"]
+             "| bs | acceptance from bs | method | projected tok/s | x plain | echo drafts/request | note |",
+             "|---|---|---|---|---|---|---|"]
+    below = echo_below_static(projection)
     for batch, p in projection.items():
-        lines.append(f"| {batch} | {p['acceptance_from_bs']} | no speculation | {p['plain_tokens_per_s']:.0f} | 1.00 | |")
+        lines.append(f"| {batch} | {p['acceptance_from_bs']} | no speculation | {p['plain_tokens_per_s']:.0f} | 1.00 "
+                     "| | |")
         for name, r in p["methods"].items():
             drafts = f"{r['drafts_per_request']:.2f}" if "drafts_per_request" in r else ""
+            note = "below static: why under the table" if name == "echo" and batch in below else ""
             lines.append(f"| {batch} | {p['acceptance_from_bs']} | {name} | {r['tokens_per_s']:.0f} | "
-                         f"{r['x_plain']:.2f} | {drafts} |")
-    below = [b for b, p in projection.items() if "echo" in p["methods"] and "static" in p["methods"]
-             and p["methods"]["echo"]["x_plain"] < p["methods"]["static"]["x_plain"]]
+                         f"{r['x_plain']:.2f} | {drafts} | {note} |")
     if below and measured is not None:
         lines += ["", "## Where echo projects below static, and why", "", WHY_ECHO_BELOW_STATIC, "",
                   *(why_echo_below_static(b, projection[b], measured) for b in below)]

@@ -142,6 +142,7 @@ def test_the_projection_says_why_echo_is_below_static():
     projection = project(MEASURED, profile, [1])
     text = projection_markdown(projection, profile, "run/results.json", MEASURED)
     assert "## Where echo projects below static, and why" in text
+    assert "| 1 | 1 | echo | 77 | 1.30 | 2.00 | below static: why under the table |" in text
     assert ("- bs 1: echo 1.30x, static 1.77x: echo's curve (measured at bs 1, its gate passing 1% of trees and a "
             "stopped tree keeping 3 nodes) levels off at 0.40 accepted tokens per request from 2 drafts per request "
             "on, so its 2.0 drafts per request buy 0.40; static's whole tree (31 drafts per request) accepted 0.90 "
