@@ -209,10 +209,13 @@ def workload_rows(runs: dict[str, list[dict]], before: dict, after: dict) -> dic
         if name == PLAIN:
             continue
         row = summarize(server_runs)
+        counts_before, counts_after = spec_counts(before[name]), spec_counts(after[name])
         rows[name] = {**row, **{f"plain_{key}": plain[key] for key in ("tokens_per_s", "runs", "requests_per_s",
                                                                        "ttft_ms", "tpot_ms", "itl_ms")},
                       "x_plain": row["tokens_per_s"] / plain["tokens_per_s"],
-                      **acceptance(spec_counts(before[name]), spec_counts(after[name]))}
+                      **acceptance(counts_before, counts_after),
+                      "verified_draft_tokens": (counts_after["vllm:spec_decode_num_draft_tokens"]
+                                                - counts_before["vllm:spec_decode_num_draft_tokens"])}
         echo = echo_decisions(before[name], after[name])
         if echo is not None:
             rows[name]["echo"] = echo

@@ -1,8 +1,9 @@
 """The bench's pictures, each method drawn the same way in every one of them.
 
   throughput.png   output tokens/s by batch size (served runs: by concurrency)
-  utilization.png  accepted / verified draft tokens by batch size; where echo did not draft,
-                   a marker on the axis says so (no utilization was measured there, not 0)
+  utilization.png  accepted / verified draft tokens by batch size; where a method (echo) did
+                   not draft, or too little to measure, a marker in a band below 0 says so
+                   (no utilization was measured there, not 0)
   speedup.png      x no speculation at batch size 1, per prompt set
   projection.png   `--simulate`'s projected x no speculation by batch size, titled a PROJECTION
 
@@ -23,6 +24,9 @@ PLAIN = "no speculation"
 # echo counts as not drafting at a batch size where it drafted fewer steps than this: the few
 # drafted steps there were exploration, and their utilization describes a handful of drafts
 UNDRAFTED_SHARE = 0.01
+# nor is a utilization of fewer verified draft tokens than this (0 of 2 says nothing)
+MIN_VERIFIED_DRAFT_TOKENS = 20
+UNDRAFTED = "(almost) no drafting"
 STYLES = {  # name: (colour, marker, line style, nudge in octaves of batch size)
     PLAIN: ("black", "o", "--", 0.0),
     "echo": ("tab:red", "o", "-", 0.0),
@@ -48,9 +52,12 @@ def method_style(name: str) -> dict:
 
 def undrafted(r: dict) -> bool:
     """Whether a method measured nothing worth a utilization at this workload: it verified no
-    draft (utilization None), or it is echo and drafted under UNDRAFTED_SHARE of its steps."""
+    draft (utilization None), fewer than MIN_VERIFIED_DRAFT_TOKENS (where the row counts them:
+    served runs), or it is echo and drafted under UNDRAFTED_SHARE of its steps."""
     share = (r.get("echo") or {}).get("drafted_share")
-    return r.get("utilization") is None or (share is not None and share < UNDRAFTED_SHARE)
+    verified = r.get("verified_draft_tokens")
+    return (r.get("utilization") is None or (share is not None and share < UNDRAFTED_SHARE)
+            or (verified is not None and verified < MIN_VERIFIED_DRAFT_TOKENS))
 
 
 def _pyplot():
@@ -100,9 +107,10 @@ def context(meta: dict) -> str:
     """One line on what was measured where: target, machine (its first two parts), vLLM."""
     plan = meta.get("plan", {})
     machine = ", ".join(str(meta.get("machine", "?")).split(", ")[:2])
-    how = "served (OpenAI API)" if plan.get("serve") else "offline (LLM())"
+    how = "served (vllm serve)" if plan.get("serve") else "offline (LLM())"
+    runs = plan.get("repetitions", "?")
     return (f"{plan.get('target', '?')} on {machine}, vLLM {meta.get('vllm', '?')}, {how}; "
-            f"median of {plan.get('repetitions', '?')} runs, {plan.get('max_tokens', '?')} output tokens per request")
+            f"median of {runs} run{'' if runs == 1 else 's'}, {plan.get('max_tokens', '?')} output tokens per request")
 
 
 def _names(by_key: dict) -> list[str]:
@@ -129,8 +137,7 @@ def throughput_figure(throughput: dict, meta: dict):
         _line(ax, name, [b for b, _ in points], [r["tokens_per_s"] for _, r in points])
         idle = [(b, r["tokens_per_s"]) for b, r in points if undrafted(r)]
         if idle:
-            _mark_idle(ax, name, [b for b, _ in idle], [t for _, t in idle],
-                       f"{name}: did not draft (< {UNDRAFTED_SHARE:.0%} of steps)")
+            _mark_idle(ax, name, [b for b, _ in idle], [t for _, t in idle], f"{name}: {UNDRAFTED}")
     _batch_axis(ax, sizes, _batch_label(meta))
     ax.set_ylabel("output tokens/s (median of runs)")
     ax.set_ylim(bottom=0)
@@ -154,11 +161,10 @@ def utilization_figure(throughput: dict, meta: dict):
         idle = [b for b, r in points if undrafted(r)]
         if idle:
             idle_any = True
-            _mark_idle(ax, name, idle, [band / 2] * len(idle),
-                       f"{name}: did not draft (< {UNDRAFTED_SHARE:.0%} of steps)")
+            _mark_idle(ax, name, idle, [band / 2] * len(idle), f"{name}: {UNDRAFTED}")
     if idle_any:
         ax.axhspan(band, 0.0, color="0.92", zorder=0)
-        ax.text(0.01, band / 2, "did not draft", transform=ax.get_yaxis_transform(), va="center", fontsize=8,
+        ax.text(0.01, band / 2, f"{UNDRAFTED}: no utilization", transform=ax.get_yaxis_transform(), va="center", fontsize=8,
                 color="0.35")
     ax.set_ylim(band if idle_any else 0.0, top)
     ax.set_yticks([t for t in ax.get_yticks() if 0 <= t <= top])

@@ -163,6 +163,7 @@ def test_rows_and_the_served_report():
     assert row["ttft_ms"] == {"p50": 275.0, "p90": 285.0, "p99": 295.0}  # each percentile's median over runs
     assert row["requests_per_s"] == pytest.approx(25 / 16) and row["plain_itl_ms"]["p99"] == 70.0
     assert (row["mat"], row["utilization"], row["verified_drafts_per_step"]) == (1.5, 0.25, 2.0)  # 15 of 60 drafts
+    assert row["verified_draft_tokens"] == 60.0
     assert row["echo"]["drafted_share"] == 0.25
     results = {"latency": {}, "throughput": {"4": {"echo": row}}, "input_tokens": {"throughput 4": 100.0},
                "client": "vllm bench serve"}

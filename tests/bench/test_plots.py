@@ -8,7 +8,7 @@ import matplotlib
 import pytest
 
 from echo_vllm import cli
-from echo_vllm.bench.plots import (method_style, projection_figure, speedup_figure, throughput_figure,
+from echo_vllm.bench.plots import (method_style, projection_figure, speedup_figure, throughput_figure, undrafted,
                                    utilization_figure)
 from echo_vllm.bench.simulate import PROFILES, project, projection_markdown
 
@@ -91,12 +91,12 @@ def test_undrafted_points_are_marked_not_drawn_at_zero():
     (echo,) = [line for line in ax.get_lines() if line.get_label() == "echo"]
     assert list(echo.get_xdata()) == [1, 32]
     assert echo.get_ydata()[0] == pytest.approx(0.19) and str(echo.get_ydata()[1]) == "nan"
-    (idle,) = [line for line in ax.get_lines() if line.get_label() == "echo: did not draft (< 1% of steps)"]
+    (idle,) = [line for line in ax.get_lines() if line.get_label() == "echo: (almost) no drafting"]
     assert list(idle.get_xdata()) == [32] and idle.get_ydata()[0] < 0 < ax.get_ylim()[1]  # in the band below 0
     assert idle.get_markerfacecolor() == "white"
     assert min(t for t in ax.get_yticks()) >= 0  # the band has no utilization ticks
     throughput = figures()["throughput"].axes[0]
-    (hollow,) = [line for line in throughput.get_lines() if line.get_label().startswith("echo: did not draft")]
+    (hollow,) = [line for line in throughput.get_lines() if line.get_label() == "echo: (almost) no drafting"]
     assert list(hollow.get_ydata()) == [125.0]  # its real tokens/s, drawn hollow
     projection = figures()["projection"].axes[0]
     (chooses,) = [line for line in projection.get_lines() if line.get_label() == "echo: chooses not to draft"]
@@ -149,3 +149,14 @@ def test_the_projection_says_why_echo_is_below_static():
             "there.") in text
     alone = projection_markdown(projection, profile, "run/results.json")  # the measured results not at hand
     assert "Echo projects below static at bs 1; `run/results.json` (the measured results that would say why) was not found." in alone
+
+
+@pytest.mark.parametrize("r, expected", [
+    ({"utilization": None}, True),  # verified no draft
+    ({"utilization": 0.0, "echo": {"drafted_share": 0.005}}, True),  # echo drafted 0.5% of its steps
+    ({"utilization": 0.0, "verified_draft_tokens": 2.0, "echo": {"drafted_share": 0.06}}, True),  # 0 of 2 drafts
+    ({"utilization": 0.25, "verified_draft_tokens": 60.0, "echo": {"drafted_share": 0.25}}, False),
+    ({"utilization": 0.03}, False),  # an offline row: no draft count, no echo
+])
+def test_what_counts_as_undrafted(r, expected):
+    assert undrafted(r) is expected
