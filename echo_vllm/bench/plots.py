@@ -152,7 +152,7 @@ def utilization_figure(throughput: dict, meta: dict):
     sizes = [int(b) for b in throughput]
     fig, ax = _figure(f"Draft utilization by {'concurrency' if served else 'batch size'} (measured)", context(meta))
     measured = [r["utilization"] for by_method in throughput.values() for r in by_method.values() if not undrafted(r)]
-    top = 1.15 * max(measured, default=1.0)
+    top = 1.15 * max(measured, default=0.0) or 1.0  # all 0 (a random head): still an axis
     band = -0.14 * top
     idle_any = False
     for name in _names(throughput):

@@ -160,3 +160,8 @@ def test_the_projection_says_why_echo_is_below_static():
 ])
 def test_what_counts_as_undrafted(r, expected):
     assert undrafted(r) is expected
+
+
+def test_an_all_zero_utilization_still_gets_an_axis():
+    fig = utilization_figure({"1": {"echo": row(10.0, 0.9, 0.0, verified_draft_tokens=64.0)}}, META)
+    assert fig.axes[0].get_ylim() == (0.0, 1.0)
