@@ -48,6 +48,12 @@ def _bench(args: argparse.Namespace) -> None:
     from echo_vllm.bench.report import write_outputs
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.render:
+        from echo_vllm.bench.report import render
+
+        for path in render(args.render):
+            print(f"wrote {path}")
+        return
     if args.simulate:
         _bench_projection(args)
         return
@@ -107,7 +113,7 @@ def _bench_projection(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from echo_vllm.bench.plan import positive_ints
-    from echo_vllm.bench.simulate import load_profile, project, projection_markdown
+    from echo_vllm.bench.simulate import load_profile, project, write_projection
 
     if not args.profile:
         raise ValueError("echo-vllm bench: --simulate needs --profile")
@@ -121,8 +127,9 @@ def _bench_projection(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "projection.json").write_text(json.dumps({"profile": profile.__dict__, "source": args.simulate,
                                                      "projection": projection}, indent=1))
-    (out / "projection.md").write_text(projection_markdown(projection, profile, args.simulate))
+    write_projection(projection, profile, args.simulate, out)
     print((out / "projection.md").read_text())
+    print(f"wrote {out / 'projection.png'}")
 
 
 def _soak(args: argparse.Namespace) -> None:
@@ -236,14 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--simulate", metavar="RESULTS_JSON",
                        help="no run: project the acceptance of an earlier run's results.json onto --profile "
                        "(a GPU roofline), at --batch-sizes; writes projection.md/json, labelled a projection")
+    bench.add_argument("--render", metavar="RESULTS_JSON",
+                       help="no run: re-draw report.md and the plots of an earlier run's results.json (or "
+                       "projection.md/png of a projection.json) beside it, from the numbers it holds")
     bench.add_argument("--profile", help="with --simulate: llama-8b-1xh100, llama-70b-4xh100, "
                        "qwen3-235b-a22b-8xh100, or a JSON file of echo_vllm.bench.simulate.Profile fields")
     bench.add_argument("--target", default="smollm2-135m", help=f"a model directory or one of {sorted(MODELS)}")
     bench.add_argument("--head", help="the EAGLE-3 head directory (offline runs)")
     bench.add_argument("--serve", action="append", metavar="NAME=URL",
-                       help="measure running `vllm serve` servers instead, each started with its own method; "
-                       "repeat per server, one named 'plain' (no speculation); the throughput table's batch "
-                       "sizes are then concurrencies")
+                       help="measure running `vllm serve` servers instead, each started with its own method, "
+                       "through `vllm bench serve` (its JSON kept in OUT/vllm-bench/); repeat per server, one "
+                       "named 'plain' (no speculation); the throughput table's batch sizes are then concurrencies")
     bench.add_argument("--calibration", help="echo's calibration file (default: echo calibrates online)")
     bench.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {list(METHODS)}")
     bench.add_argument("--eagle3-k", default="1,2,3", help="vLLM eagle3 chain lengths (each reported)")

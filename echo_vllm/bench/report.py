@@ -1,4 +1,4 @@
-"""The bench's outputs from its results: report.md, results.json, and PNG plots.
+"""The bench's outputs from its results: report.md, results.json, and PNG plots (plots.py).
 
 Pure functions of the results dict `offline.run_offline` returns (tests check the
 arithmetic on made-up numbers): `latency[dataset][method]` and `throughput[bs][method]`,
@@ -53,25 +53,28 @@ def latency_averages(latency: dict, name: str) -> dict:
 
 
 def echo_choice(r: dict) -> str:
-    """Echo's decisions beside its row: budget, gate, share of steps drafted."""
+    """Echo's decisions beside its row: budget, gate, share of steps drafted (a served run's,
+    read from /metrics, may lack some of them)."""
     echo = r.get("echo")
     if not echo:
         return ""
     parts = []
-    if echo["budget"] is not None:
-        parts.append(f"budget {echo['budget']}" + ("" if echo["mean_budget"] is None
+    if echo.get("budget") is not None:
+        parts.append(f"budget {echo['budget']}" + ("" if echo.get("mean_budget") is None
                                                    else f" (mean {echo['mean_budget']:.1f})"))
-    if echo["judge_depth"]:
+    elif echo.get("mean_budget") is not None:
+        parts.append(f"budget mean {echo['mean_budget']:.1f}")
+    if echo.get("judge_depth"):
         thresholds = ", ".join(f"{t:.3g}" for t in echo["threshold"])
         depths = ", ".join(map(str, echo["judge_depth"]))
-        parts.append(f"{echo['policy']} depth {depths} threshold {thresholds}")
-    if echo["gate_pass_rate"] is not None:
+        parts.append(f"{echo.get('policy') or 'gate'} depth {depths} threshold {thresholds}")
+    if echo.get("gate_pass_rate") is not None:
         parts.append(f"gate pass {echo['gate_pass_rate']:.0%}")
-    if echo["drafted_share"] is not None:
+    if echo.get("drafted_share") is not None:
         explored = echo.get("explored_share")  # absent from results measured before exploration existed
         parts.append(f"drafted {echo['drafted_share']:.0%} of steps"
                      + (f" ({explored:.0%} exploring)" if explored else ""))
-    if echo["calibrating"]:
+    if echo.get("calibrating"):
         parts.append("still calibrating")
     return "; ".join(parts)
 
@@ -112,18 +115,31 @@ def throughput_table(throughput: dict) -> list[str]:
 
 
 def serving_latency_table(results: dict) -> list[str]:
-    """TTFT and TPOT percentiles of served runs (online mode), no speculation first."""
-    def cells(ttft, tpot):
-        return " | ".join(_number(d.get(p), 1) for d in (ttft, tpot) for p in ("p50", "p90", "p99"))
+    """Requests/s and TTFT / TPOT / ITL percentiles of served runs (online mode), no speculation
+    first ("-" where the client did not measure it)."""
+    metrics = ("ttft", "tpot", "itl")
 
-    lines = ["| table | workload | method | TTFT p50 | TTFT p90 | TTFT p99 | TPOT p50 | TPOT p90 | TPOT p99 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    def cells(r: dict, prefix: str = "") -> str:
+        rate = _number(r.get(f"{prefix}requests_per_s"), 2)
+        return rate + " | " + " | ".join(_number((r.get(f"{prefix}{m}_ms") or {}).get(p), 1)
+                                         for m in metrics for p in ("p50", "p90", "p99"))
+
+    head = " | ".join(f"{m.upper()} {p}" for m in metrics for p in ("p50", "p90", "p99"))
+    lines = [f"| table | workload | method | req/s | {head} |", "|---|---|---|---|" + "---|" * 9]
     for table in ("latency", "throughput"):
         for key, by_method in results[table].items():
             first = next(iter(by_method.values()))
-            lines.append(f"| {table} | {key} | no speculation | {cells(first['plain_ttft_ms'], first['plain_tpot_ms'])} |")
-            lines += [f"| {table} | {key} | {name} | {cells(r['ttft_ms'], r['tpot_ms'])} |" for name, r in by_method.items()]
+            lines.append(f"| {table} | {key} | no speculation | {cells(first, 'plain_')} |")
+            lines += [f"| {table} | {key} | {name} | {cells(r)} |" for name, r in by_method.items()]
     return lines
+
+
+def serving_note(results: dict) -> str:
+    if results.get("client") == "vllm bench serve":
+        return ("Each run is one `vllm bench serve` (its saved JSON in vllm-bench/): completions streamed with "
+                "the chat template applied by the client, at most bs requests in flight; requests/s and "
+                "percentiles as it reports them per run, median over the runs.")
+    return "Streamed requests through the OpenAI API; percentiles over every request of every run."
 
 
 def markdown(results: dict, meta: dict) -> str:
@@ -151,64 +167,12 @@ def markdown(results: dict, meta: dict) -> str:
     served = any("ttft_ms" in r for table in ("latency", "throughput")
                  for by_method in results[table].values() for r in by_method.values())
     if served:
-        out += ["## Serving latency (ms)", "", "Streamed requests through the OpenAI API; percentiles over every "
-                "request of every run.", "", *serving_latency_table(results), ""]
+        out += ["## Serving latency (ms)", "", serving_note(results), "", *serving_latency_table(results), ""]
     out += ["MAT: tokens committed per request per verification step, bonus token included. util: accepted / "
             "verified draft tokens. no speculation: the median of every plain run beside the methods; plain "
             "beside: the median of the plain runs taken in turn with that method, its x plain's denominator. "
             "vs best eagle3 / vs static: x plain over theirs at the same batch size.", ""]
     return "\n".join(out)
-
-
-def plot(results: dict, out_dir: Path) -> list[Path]:
-    """throughput.png and utilization.png (by batch size), speedup.png (by dataset)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    throughput = results["throughput"]
-    if throughput:
-        sizes = [int(b) for b in throughput]
-        names = list(dict.fromkeys(n for by_method in throughput.values() for n in by_method))
-        for file, key, label in (("throughput.png", "tokens_per_s", "output tokens/s"),
-                                 ("utilization.png", "utilization", "accepted / verified drafts")):
-            fig, ax = plt.subplots(figsize=(7, 4.5))
-            if key == "tokens_per_s":
-                ax.plot(sizes, [statistics.median(plain_runs(by_method)) for by_method in throughput.values()],
-                        "k--o", label="no speculation")
-            for name in names:
-                points = [(int(b), by_method[name][key]) for b, by_method in throughput.items()
-                          if name in by_method and by_method[name][key] is not None]
-                if points:
-                    ax.plot(*zip(*points), "-o", label=name)
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(sizes, [str(s) for s in sizes])
-            ax.set(xlabel="batch size", ylabel=label)
-            ax.legend()
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            fig.savefig(out_dir / file, dpi=120)
-            plt.close(fig)
-            written.append(out_dir / file)
-    latency = results["latency"]
-    if latency:
-        names = list(dict.fromkeys(n for by_method in latency.values() for n in by_method))
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        width = 0.8 / max(len(names), 1)
-        for i, name in enumerate(names):
-            values = [latency[d][name]["x_plain"] if name in latency[d] else 0.0 for d in latency]
-            ax.bar([j + i * width for j in range(len(latency))], values, width, label=name)
-        ax.axhline(1.0, color="k", linestyle="--", linewidth=1)
-        ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(latency))], list(latency))
-        ax.set(ylabel="speedup over no speculation (bs 1)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out_dir / "speedup.png", dpi=120)
-        plt.close(fig)
-        written.append(out_dir / "speedup.png")
-    return written
 
 
 def write_outputs(results: dict, meta: dict, out_dir: str, with_plots: bool = True) -> list[Path]:
@@ -218,4 +182,30 @@ def write_outputs(results: dict, meta: dict, out_dir: str, with_plots: bool = Tr
     (directory / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (directory / "report.md").write_text(markdown(results, meta))
     written = [directory / "results.json", directory / "report.md"]
-    return written + (plot(results, directory) if with_plots else [])
+    if not with_plots:
+        return written
+    from echo_vllm.bench.plots import write_plots
+
+    return written + write_plots(results, meta, directory)
+
+
+def render(results_json: str) -> list[Path]:
+    """Re-draws a saved run's report.md and plots beside its results.json, or a projection's
+    projection.md and projection.png beside its projection.json, measuring nothing and leaving
+    the JSON as it is; the paths written."""
+    path = Path(results_json)
+    if not path.is_file():
+        raise ValueError(f"echo-vllm bench: --render {results_json!r}: no such file (a results.json or "
+                         "projection.json an earlier run wrote)")
+    saved = json.loads(path.read_text())
+    if "projection" in saved:
+        from echo_vllm.bench.simulate import write_projection
+
+        return write_projection(saved["projection"], saved["profile"], saved["source"], path.parent)
+    if not {"meta", "results"} <= set(saved):
+        raise ValueError(f"echo-vllm bench: --render {results_json!r} holds neither a bench run (meta, results) "
+                         "nor a projection")
+    from echo_vllm.bench.plots import write_plots
+
+    (path.parent / "report.md").write_text(markdown(saved["results"], saved["meta"]))
+    return [path.parent / "report.md", *write_plots(saved["results"], saved["meta"], path.parent)]

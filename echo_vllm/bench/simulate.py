@@ -165,16 +165,87 @@ def project(results: dict, profile: Profile, batch_sizes: list[int]) -> dict:
     return out
 
 
-def projection_markdown(projection: dict, profile: Profile, source: str) -> str:
+def _curve_at(curve: dict, drafts_per_request: float) -> float:
+    grid = torch.tensor(curve["drafts_per_request"], dtype=torch.float64)
+    accepted = torch.tensor(curve["accepted_per_request"], dtype=torch.float64)
+    return float(piecewise_linear(torch.tensor([drafts_per_request], dtype=torch.float64), grid, accepted)[0])
+
+
+def why_echo_below_static(batch: str, p: dict, measured: dict) -> str:
+    """One line on the numbers behind echo below static at this batch size: the measured
+    acceptance each stands on (echo: its own acceptance curve; static: its whole tree)."""
+    source = measured["throughput"][str(p["acceptance_from_bs"])]
+    echo, static = p["methods"]["echo"], p["methods"]["static"]
+    static_row = source["static"]
+    static_says = (f"static's whole tree ({static_row['verified_drafts_per_step']:.0f} drafts per request) "
+                   f"accepted {static_row['mat'] - 1:.2f} there")
+    head = f"- bs {batch}: echo {echo['x_plain']:.2f}x, static {static['x_plain']:.2f}x:"
+    decisions = (source.get("echo") or {}).get("echo") or {}
+    curve = decisions.get("acceptance_curve")
+    if not curve or "drafts_per_request" not in echo:
+        return f"{head} echo's measured MAT {_rounded(source.get('echo', {}).get('mat'))}; {static_says}."
+    top = max(curve["accepted_per_request"])
+    knee = next(d for d, a in zip(curve["drafts_per_request"], curve["accepted_per_request"]) if a >= 0.99 * top)
+    gate = ("" if decisions.get("gate_pass_rate") is None else
+            f", its gate passing {decisions['gate_pass_rate']:.0%} of trees and a stopped tree keeping "
+            f"{decisions['remaining_num_draft_tokens']} nodes")
+    return (f"{head} echo's curve (measured at bs {p['acceptance_from_bs']}{gate}) levels off at {top:.2f} accepted "
+            f"tokens per request from {knee:g} drafts per request on, so its {echo['drafts_per_request']:.1f} drafts "
+            f"per request buy {_curve_at(curve, echo['drafts_per_request']):.2f}; {static_says}.")
+
+
+WHY_ECHO_BELOW_STATIC = (
+    "Echo projects from its own acceptance curve, which holds only the nodes its gate let grow in the "
+    "measured run; static's figure is its whole tree, verified on every step. Where verifying a whole tree "
+    "costs little more than a plain step (memory-bound steps at small batches on this profile), static's "
+    "deeper measured acceptance wins. The projection credits each method only with what it was seen to "
+    "accept: echo's gate, calibrated for the measuring machine's step costs, stopped the trees that would "
+    "pay here. On this profile's GPUs echo would calibrate its gate for their step costs.")
+
+
+def _rounded(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def echo_below_static(projection: dict) -> list[str]:
+    """The batch sizes where echo projects below static."""
+    return [b for b, p in projection.items() if "echo" in p["methods"] and "static" in p["methods"]
+            and p["methods"]["echo"]["x_plain"] < p["methods"]["static"]["x_plain"]]
+
+
+def projection_markdown(projection: dict, profile: Profile, source: str, measured: dict | None = None) -> str:
+    """The projection table; where echo projects below static, its row says so and a note
+    below the table says why (from the measured results, when given)."""
     lines = [f"# PROJECTION (not a measurement): profile {profile.name}", "",
              f"Acceptance measured in `{source}`; step times from a roofline with these assumptions: "
              f"`{json.dumps(profile.__dict__)}`. See `echo_vllm/bench/simulate.py` for the model.", "",
-             "| bs | acceptance from bs | method | projected tok/s | x plain | echo drafts/request |",
-             "|---|---|---|---|---|---|"]
+             "| bs | acceptance from bs | method | projected tok/s | x plain | echo drafts/request | note |",
+             "|---|---|---|---|---|---|---|"]
+    below = echo_below_static(projection)
     for batch, p in projection.items():
-        lines.append(f"| {batch} | {p['acceptance_from_bs']} | no speculation | {p['plain_tokens_per_s']:.0f} | 1.00 | |")
+        lines.append(f"| {batch} | {p['acceptance_from_bs']} | no speculation | {p['plain_tokens_per_s']:.0f} | 1.00 "
+                     "| | |")
         for name, r in p["methods"].items():
             drafts = f"{r['drafts_per_request']:.2f}" if "drafts_per_request" in r else ""
+            note = "below static: why under the table" if name == "echo" and batch in below else ""
             lines.append(f"| {batch} | {p['acceptance_from_bs']} | {name} | {r['tokens_per_s']:.0f} | "
-                         f"{r['x_plain']:.2f} | {drafts} |")
+                         f"{r['x_plain']:.2f} | {drafts} | {note} |")
+    if below and measured is not None:
+        lines += ["", "## Where echo projects below static, and why", "", WHY_ECHO_BELOW_STATIC, "",
+                  *(why_echo_below_static(b, projection[b], measured) for b in below)]
+    elif below:
+        lines += ["", f"Echo projects below static at bs {', '.join(below)}; `{source}` (the measured results "
+                  "that would say why) was not found."]
+    lines += ["", "![projected speedup by batch size](projection.png)"]
     return "\n".join(lines) + "\n"
+
+
+def write_projection(projection: dict, profile: Profile | dict, source: str, out_dir: Path) -> list[Path]:
+    """projection.md (with the notes on echo below static when `source` can be read) and
+    projection.png in `out_dir`; the paths written."""
+    from echo_vllm.bench.plots import write_projection_plot
+
+    profile = profile if isinstance(profile, Profile) else Profile(**profile)
+    measured = json.loads(Path(source).read_text())["results"] if Path(source).is_file() else None
+    (out_dir / "projection.md").write_text(projection_markdown(projection, profile, source, measured))
+    return [out_dir / "projection.md", write_projection_plot(projection, profile.name, source, out_dir)]

@@ -139,8 +139,10 @@ def test_echo_metrics_and_log_line(server, client, tmp_path_factory):
     assert "echo: policy static" in log
 
 
-def test_bench_against_the_servers(server, plain_server, smollm2, tmp_path):
-    """`echo-vllm bench --serve`: both tables' structure and arithmetic, percentiles, counters."""
+def test_bench_against_the_servers(server, plain_server, smollm2, tmp_path, monkeypatch):
+    """`echo-vllm bench --serve` through `vllm bench serve`: both tables' structure and
+    arithmetic, its percentiles and saved JSON, the servers' counters and echo's series."""
+    monkeypatch.setenv("VLLM_LOG_STATS_INTERVAL", "1")  # the servers' interval: echo's series read after 2 s
     argv = ["bench", "--serve", f"plain={plain_server}", "--serve", f"echo={server}", "--target", smollm2,
             "--datasets", "gsm8k", "--latency-prompts", "2", "--batch-sizes", "1,3", "--max-tokens", "8",
             "--repetitions", "1", "--out", str(tmp_path)]
@@ -151,6 +153,10 @@ def test_bench_against_the_servers(server, plain_server, smollm2, tmp_path):
     assert row["x_plain"] == pytest.approx(row["tokens_per_s"] / row["plain_tokens_per_s"])
     assert 1.0 <= row["mat"] <= 4.0 and row["verified_drafts_per_step"] == pytest.approx(3.0)  # steps 3, topk 1
     assert 0 < row["ttft_ms"]["p50"] <= row["ttft_ms"]["p99"] and row["tpot_ms"]["p50"] > 0
+    assert row["itl_ms"]["p50"] > 0 and row["requests_per_s"] > 0 and "echo" in row  # echo's series were read
+    saved = json.loads((tmp_path / "vllm-bench" / "throughput-3-echo-1.json").read_text())
+    assert (saved["completed"], saved["max_concurrency"], saved["total_output_tokens"]) == (3, 3, 24)
+    assert row["tokens_per_s"] == saved["output_throughput"]
     assert "## Serving latency (ms)" in (tmp_path / "report.md").read_text()
 
 
