@@ -1,0 +1,48 @@
+"""The drafter's two prefix readers agree: CPU's gathered copy + tree_attention, and GPU's
+paged cascade (here with the torch prefix attention standing in for FlashAttention), over
+the same draft KV in FlashAttention's cache layout; `select` keeps the rows asked for."""
+
+import torch
+
+from echo_vllm.core.tree import ancestor_mask
+from echo_vllm.kernels.draft_prefix import GatheredPrefix, PagedPrefix
+from echo_vllm.kernels.paged_kv import HEAD_MAJOR, prefix_slots, slots_of
+
+HEADS, KV_HEADS, DH, BLOCK, NUM_BLOCKS = 4, 2, 64, 16, 8
+PREFIX_LENS = torch.tensor([37, 0, 16])
+BLOCK_TABLE = torch.tensor([[5, 2, 7], [0, 0, 0], [3, 0, 0]], dtype=torch.int32)
+
+
+def draft_cache(g):
+    cache = torch.randn(NUM_BLOCKS, KV_HEADS, BLOCK, 2 * DH, generator=g)  # noise everywhere else
+    for row, length in enumerate(PREFIX_LENS.tolist()):
+        slots = slots_of(BLOCK_TABLE[row : row + 1], torch.arange(length).unsqueeze(0), BLOCK)[0]
+        HEAD_MAJOR.scatter(cache, slots, torch.randn(length, KV_HEADS, DH, generator=g),
+                           torch.randn(length, KV_HEADS, DH, generator=g))
+    return cache
+
+
+def both_prefixes(cache):
+    slots = prefix_slots(BLOCK_TABLE, PREFIX_LENS.clamp(min=1), BLOCK)
+    k, v = HEAD_MAJOR.gather(cache, slots.flatten())
+    gathered = GatheredPrefix(k.view(*slots.shape, KV_HEADS, DH), v.view(*slots.shape, KV_HEADS, DH), PREFIX_LENS)
+    key_cache, value_cache = cache.transpose(1, 2).split(DH, dim=-1)
+    paged = PagedPrefix(key_cache, value_cache, BLOCK_TABLE, PREFIX_LENS, 64)  # 64: a bound, not the max
+    return gathered, paged
+
+
+def test_gathered_and_paged_prefix_attend_alike_also_after_select():
+    g = torch.Generator().manual_seed(0)
+    gathered, paged = both_prefixes(draft_cache(g))
+    # a depth-2 drafting step: 2 frontier nodes per request, 2 earlier tree keys (their parents)
+    query = torch.randn(3, 2, HEADS, DH, generator=g)
+    tree_k, tree_v = (torch.randn(3, 4, KV_HEADS, DH, generator=g) for _ in range(2))
+    mask = torch.cat([ancestor_mask(torch.tensor([[-1, -1]])).expand(3, 2, 2),
+                      torch.eye(2, dtype=torch.bool).expand(3, 2, 2)], dim=2)  # [3, 2, 4]: own parent + self
+    torch.testing.assert_close(paged.attend(query, tree_k, tree_v, mask, 0.125),
+                               gathered.attend(query, tree_k, tree_v, mask, 0.125), atol=1e-5, rtol=1e-5)
+    keep = torch.tensor([2, 0])
+    torch.testing.assert_close(paged.select(keep).attend(query[keep], tree_k[keep], tree_v[keep], mask[keep], 0.125),
+                               gathered.select(keep).attend(query[keep], tree_k[keep], tree_v[keep], mask[keep], 0.125),
+                               atol=1e-5, rtol=1e-5)
+    assert paged.select(keep).lens.tolist() == [16, 37]
