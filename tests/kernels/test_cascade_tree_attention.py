@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from echo_vllm.core.tree import ancestor_mask
 from echo_vllm.kernels.cascade_tree_attention import (
@@ -132,3 +133,31 @@ def test_merge_weights_by_lse():
     merge_attention_states(output, torch.tensor([[[4.0, 0.0]]]), torch.tensor([[0.0]]),
                            torch.tensor([[[0.0, 4.0]]]), torch.tensor([[math.log(3)]]))
     torch.testing.assert_close(output, torch.tensor([[[1.0, 3.0]]]))
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the most elements any op's output had."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+def test_memory_grows_with_nodes_not_with_prefix_times_nodes():
+    """The largest intermediate is one chunk's scores, [R 2, H 8, N 17, 512 tokens] = 139264
+    elements, for a 1000- and a 4000-token prefix alike (the reference's grow with the prefix:
+    its [R, N, P + N] mask and scores)."""
+    largest = {}
+    for prefix in (1000, 4000):
+        case = make_case(0, 8, 2, 64, 17, [prefix, prefix // 2], 16, torch.float32)
+        with LargestTensor() as mode:
+            cascade(case)
+        largest[prefix] = mode.numel
+    assert largest == {1000: 2 * 8 * 17 * 512, 4000: 2 * 8 * 17 * 512}
