@@ -46,3 +46,28 @@ def test_gathered_and_paged_prefix_attend_alike_also_after_select():
                                gathered.select(keep).attend(query[keep], tree_k[keep], tree_v[keep], mask[keep], 0.125),
                                atol=1e-5, rtol=1e-5)
     assert paged.select(keep).lens.tolist() == [16, 37]
+
+
+def test_drafter_reads_its_gpu_prefix_in_place(monkeypatch):
+    """EchoProposer._draft_prefix with FlashAttention's layout (the GPU branch) returns a
+    PagedPrefix over views of the draft layer's own cache, with FlashAttention's prefix call
+    (the torch one standing in) and vLLM's merge; it attends like the copied prefix."""
+    from types import SimpleNamespace
+
+    from echo_vllm.kernels import gpu_backend
+    from echo_vllm.kernels.cascade_tree_attention import paged_prefix_attention
+    from echo_vllm.proposers.eagle_tree import EchoProposer
+
+    monkeypatch.setattr(gpu_backend, "flash_prefix_attention", lambda fa_version: paged_prefix_attention)
+    g = torch.Generator().manual_seed(1)
+    cache = draft_cache(g)
+    layer = SimpleNamespace(kv_cache=cache, impl=SimpleNamespace(head_size=DH, vllm_flash_attn_version=3))
+    drafter = SimpleNamespace(kv_layout=HEAD_MAJOR, block_size=BLOCK, _draft_attn_layer=lambda: layer)
+    paged = EchoProposer._draft_prefix(drafter, BLOCK_TABLE, PREFIX_LENS, 48)
+    assert isinstance(paged, PagedPrefix) and paged.key_cache.data_ptr() == cache.data_ptr()
+    gathered, _ = both_prefixes(cache)
+    query = torch.randn(3, 2, HEADS, DH, generator=g)
+    tree_k, tree_v = (torch.randn(3, 2, KV_HEADS, DH, generator=g) for _ in range(2))
+    mask = torch.eye(2, dtype=torch.bool).expand(3, 2, 2)
+    torch.testing.assert_close(paged.attend(query, tree_k, tree_v, mask, 0.125),
+                               gathered.attend(query, tree_k, tree_v, mask, 0.125), atol=1e-5, rtol=1e-5)
