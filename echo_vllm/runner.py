@@ -50,7 +50,7 @@ from echo_vllm.core.commit import (
 from echo_vllm.core.tree import ancestor_mask
 from echo_vllm.core.verify import Verdict
 from echo_vllm.kernels.paged_kv import check_isa, move_kv, slots_of
-from echo_vllm.kernels.tree_attention import METADATA_ATTRIBUTE, TreeAttentionBatch
+from echo_vllm.kernels.tree_attention import METADATA_ATTRIBUTE, TreeAttentionBatch, tree_attention_batch
 from echo_vllm.log import logger
 from echo_vllm.proposers.eagle_tree import DraftResult, EchoProposer, kv_layout_of
 from echo_vllm.scheduler_patches.batch_policy import BatchPolicy
@@ -172,13 +172,9 @@ class EchoRunnerMixin:
         if len(trees) == 0:
             return None
         rows, is_node = node_rows(step.root_rows, step.num_nodes, step.parent_idx.shape[1])
-        return TreeAttentionBatch(
-            token_rows=rows[trees].to(self.device),
-            is_node=is_node[trees].to(self.device),
-            mask=ancestor_mask(step.parent_idx[trees]).to(self.device),
-            block_table=step.block_table[trees].to(self.device),
-            prefix_lens=step.prefix_lens[trees].to(self.device),
-            block_size=self.input_batch.block_table[0].block_size,
+        return tree_attention_batch(
+            rows[trees], is_node[trees], ancestor_mask(step.parent_idx[trees]), step.block_table[trees],
+            step.prefix_lens[trees], self.input_batch.block_table[0].block_size, self.device,
         )
 
     def _build_attention_metadata(self, *args, **kwargs):

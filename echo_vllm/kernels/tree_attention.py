@@ -34,6 +34,28 @@ class TreeAttentionBatch:
     block_table: torch.Tensor  # [R, nblk] int32: each tree's KV-cache blocks
     prefix_lens: torch.Tensor  # [R] int64: tokens in the cache before each root
     block_size: int
+    max_prefix_len: int  # >= every prefix length (host int: kernels read it without a device sync)
+    node_rows: torch.Tensor  # [T'] int64: token rows of the real nodes (padding left out)
+    node_index: torch.Tensor  # [T'] int64: where each of them sits in the flattened [R * N] rows
+
+
+def tree_attention_batch(
+    token_rows: torch.Tensor, is_node: torch.Tensor, mask: torch.Tensor, block_table: torch.Tensor,
+    prefix_lens: torch.Tensor, block_size: int, device: torch.device | str,
+) -> TreeAttentionBatch:
+    """A TreeAttentionBatch from host tensors, moved to `device`. What every layer would
+    otherwise derive with a device sync (boolean indexing, a max) is derived here, once a step.
+
+    Worked example: token_rows [[1, 2, 3], [4, 5, 5]], is_node [[T, T, T], [T, T, F]] ->
+    node_rows [1, 2, 3, 4, 5], node_index [0, 1, 2, 3, 4].
+    """
+    node_index = is_node.flatten().nonzero().flatten()
+    return TreeAttentionBatch(
+        token_rows=token_rows.to(device), is_node=is_node.to(device), mask=mask.to(device),
+        block_table=block_table.to(device), prefix_lens=prefix_lens.to(device), block_size=block_size,
+        max_prefix_len=int(prefix_lens.max()) if prefix_lens.numel() else 0,
+        node_rows=token_rows.flatten()[node_index].to(device), node_index=node_index.to(device),
+    )
 
 
 def tree_attention(

@@ -1,5 +1,10 @@
 """Tree attention as one Triton kernel, reading the prefix straight from a paged KV cache.
 
+The GPU fallback (ECHO_VLLM_TREE_KERNEL=triton): the default is cascade attention
+(kernels/cascade_tree_attention.py, FlashAttention for the prefix). This kernel reads every
+prefix K/V once per (node, head) without tl.dot, so it is not expected to beat the cascade; it
+stays until a GPU measurement (scripts/gpu_check.py) says whether it ever does.
+
 The GPU counterpart of echo_vllm.kernels.tree_attention (the torch reference it is tested
 against, tests/kernels/test_triton_tree_attention.py). One program per (request, tree node,
 query head): an online softmax first over the request's prefix, block by block through its

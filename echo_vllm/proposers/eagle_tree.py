@@ -48,8 +48,8 @@ from echo_vllm.core.tree import (
     tree_from_chosen,
     tree_positions,
 )
+from echo_vllm.kernels.draft_prefix import GatheredPrefix, PagedPrefix
 from echo_vllm.kernels.paged_kv import CPU_PACKED, HEAD_MAJOR, KvLayout, check_isa, prefix_slots, slots_of
-from echo_vllm.kernels.tree_attention import tree_attention
 from echo_vllm.log import logger
 from echo_vllm.scheduler_patches.batch_policy import BatchPolicy, StepPlan
 from echo_vllm.stats import EchoCounters
@@ -183,9 +183,9 @@ class EchoProposer(EagleProposer):
         count, width = owed.tokens.shape
         chain = torch.arange(-1, width - 1, device=owed.tokens.device).expand(count, width)
         block_table = cad.block_table_tensor[torch.tensor(owed.batch_rows, device=self.device)]
-        prefix_k, prefix_v = self._draft_prefix(block_table, owed.starts)
+        prefix = self._draft_prefix(block_table, owed.starts, cad.max_seq_len)
         _, _, k, v = self._draft_step(owed.tokens, owed.hidden, owed.positions, None, None, ancestor_mask(chain),
-                                      prefix_k, prefix_v, owed.starts)
+                                      prefix)
         slots = slots_of(block_table, owed.positions, self.block_size)[owed.valid]
         self.kv_layout.scatter(self._draft_attn_layer().kv_cache, slots, k[owed.valid], v[owed.valid])
 
@@ -244,12 +244,27 @@ class EchoProposer(EagleProposer):
             check_isa(attn_layer.isa)
         return attn_layer
 
-    def _draft_prefix(self, block_table: torch.Tensor, prefix_lens: torch.Tensor):
-        """The draft layer's K/V of positions 0..prefix_lens-1 of each request, [A, P, Hkv, Dh]
-        padded (block_table [A, nblk]); an empty prefix reads one slot the caller masks out."""
-        slots = prefix_slots(block_table, prefix_lens.clamp(min=1), self.block_size)
-        k, v = self.kv_layout.gather(self._draft_attn_layer().kv_cache, slots.flatten())
-        return k.view(*slots.shape, *k.shape[1:]), v.view(*slots.shape, *v.shape[1:])
+    def _draft_prefix(self, block_table: torch.Tensor, prefix_lens: torch.Tensor,
+                      max_prefix_len: int) -> GatheredPrefix | PagedPrefix:
+        """The draft layer's K/V of positions 0..prefix_lens-1 of each request (block_table
+        [A, nblk]; max_prefix_len a host bound on prefix_lens).
+
+        CPU (packed cache): copied out once, [A, P, Hkv, Dh] padded; an empty prefix reads one
+        slot that attention masks out. GPU (FlashAttention's cache): left in the cache, read by
+        cascade attention through the block table at every tree step: nothing is copied."""
+        attn_layer = self._draft_attn_layer()
+        if self.kv_layout is CPU_PACKED:
+            slots = prefix_slots(block_table, prefix_lens.clamp(min=1), self.block_size)
+            k, v = self.kv_layout.gather(attn_layer.kv_cache, slots.flatten())
+            return GatheredPrefix(k.view(*slots.shape, *k.shape[1:]), v.view(*slots.shape, *v.shape[1:]), prefix_lens)
+        from vllm.v1.attention.ops.merge_attn_states import merge_attn_states
+
+        from echo_vllm.kernels.gpu_backend import flash_prefix_attention
+
+        impl = attn_layer.impl
+        key_cache, value_cache = attn_layer.kv_cache.transpose(1, 2).split(impl.head_size, dim=-1)
+        return PagedPrefix(key_cache, value_cache, block_table, prefix_lens, max_prefix_len,
+                           flash_prefix_attention(impl.vllm_flash_attn_version), merge_attn_states)
 
     def _expand(self, plan: StepPlan, root_logits_hidden, root_hidden, first_positions, root_tokens, cad,
                 caps) -> DraftedTrees:
@@ -286,7 +301,8 @@ class EchoProposer(EagleProposer):
                     break
             if growing.prefix is None:  # gathered once, for the requests that really grow
                 block_table = cad.block_table_tensor[growing.rows]
-                growing = replace(growing, prefix=self._draft_prefix(block_table, growing.first_positions))
+                growing = replace(growing, prefix=self._draft_prefix(block_table, growing.first_positions,
+                                                                     cad.max_seq_len))
             growing, pool = self._grow(growing, pool, depth)
         # A head that outputs NaN (a corrupt or diverged checkpoint) must not steer the budget,
         # the gate or the acceptance curve: such a request verifies no draft this step.
@@ -330,12 +346,11 @@ class EchoProposer(EagleProposer):
         # the frontier's nodes sit at `depth`; the root at first_positions - 1
         depths = torch.full((count, topk), depth, dtype=torch.int64, device=growing.first_positions.device)
         positions = tree_positions(depths, growing.first_positions - 1)
-        prefix_k, prefix_v = growing.prefix
         eye = torch.eye(topk, dtype=torch.bool, device=positions.device).expand(count, -1, -1)
         seen_self = torch.cat([growing.seen, eye], dim=2)  # ancestors, then itself
         logits_hidden, hidden, k, v = self._draft_step(
             growing.frontier.tokens, growing.parent_hidden, positions, growing.tree_k, growing.tree_v,
-            seen_self, prefix_k, prefix_v, growing.first_positions,
+            seen_self, growing.prefix,
         )
         tree_k = k if growing.tree_k is None else torch.cat([growing.tree_k, k], dim=1)
         tree_v = v if growing.tree_v is None else torch.cat([growing.tree_v, v], dim=1)
@@ -366,12 +381,10 @@ class EchoProposer(EagleProposer):
         self.counters.nodes_bought_deep = self.counters.nodes_bought_deep + (chosen & on_paths).sum()
         return tree_from_chosen(pool, root_tokens, chosen)
 
-    def _draft_step(
-        self, tokens, parent_hidden, positions, tree_k, tree_v, mask, prefix_k, prefix_v, prefix_lens,
-    ):
+    def _draft_step(self, tokens, parent_hidden, positions, tree_k, tree_v, mask, prefix: GatheredPrefix | PagedPrefix):
         """One EAGLE-3 draft-layer pass over N new rows per request (as vLLM's llama_eagle3
-        layer computes it), attending to the prefix, then to the earlier tree keys and the
-        new rows' own keys as mask [B, N, M + N] allows.
+        layer computes it), attending to the prefix (as `prefix` reads it), then to the earlier
+        tree keys and the new rows' own keys as mask [B, N, M + N] allows.
 
         tokens [B, N]; parent_hidden [B, N, Hd] (the hidden state each row takes as input);
         positions [B, N]. Returns the post-norm hidden states (for logits), the hidden states
@@ -391,7 +404,7 @@ class EchoProposer(EagleProposer):
         v = v.view(batch, topk, attn.num_kv_heads, attn.head_dim)
         keys = k if tree_k is None else torch.cat([tree_k, k], dim=1)
         values = v if tree_v is None else torch.cat([tree_v, v], dim=1)
-        out = tree_attention(q, keys, values, mask, prefix_k, prefix_v, prefix_lens, attn.scaling)
+        out = prefix.attend(q, keys, values, mask, attn.scaling)
         out, _ = attn.o_proj(out.reshape(batch * topk, -1))
         out, residual = layer.post_attention_layernorm(out, residual)
         out = layer.mlp(out)
@@ -412,7 +425,7 @@ class _Growing:
     tree_k: torch.Tensor | None  # [A, M, Hkv, Dh], draft keys of the tree nodes drafted so far
     tree_v: torch.Tensor | None
     seen: torch.Tensor  # [A, K, M] bool, which tree keys are ancestors of each frontier node
-    prefix: tuple | None  # ([A, P, Hkv, Dh], same) draft K/V of the committed positions, once needed
+    prefix: GatheredPrefix | PagedPrefix | None  # the draft KV of the committed positions, once needed
 
     def select(self, keep: torch.Tensor) -> "_Growing":
         """The rows at `keep` [A'] (indices into these rows)."""
@@ -422,4 +435,4 @@ class _Growing:
         frontier = Frontier(*(take(getattr(self.frontier, f.name)) for f in fields(Frontier)))
         return _Growing(self.rows[keep], frontier, self.parent_hidden[keep], self.first_positions[keep],
                         take(self.tree_k), take(self.tree_v), self.seen[keep],
-                        None if self.prefix is None else tuple(take(t) for t in self.prefix))
+                        None if self.prefix is None else self.prefix.select(keep))

@@ -2,8 +2,9 @@
 rewritten with tree attention, and every other row keeps what the base kernel wrote.
 
 CPU: vLLM's real C++ kernel runs on a small paged cache, then echo's rewrite. GPU
-(FlashAttention + Triton) cannot run here: its test replaces FlashAttention's forward and the
-Triton kernel with torch stand-ins and checks only the glue echo adds around them.
+(FlashAttention, cascade tree attention) cannot run here: its tests replace FlashAttention's
+forward with a stand-in and its prefix-attention call with the torch prefix attention (vLLM's
+merge_attn_states runs its torch path), which checks the cascade wiring and the row glue.
 """
 
 import math
@@ -19,9 +20,10 @@ from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
 from echo_vllm.core.tree import ancestor_mask
 from echo_vllm.kernels import gpu_backend
 from echo_vllm.kernels.cpu_backend import EchoCPUAttentionBackendImpl
+from echo_vllm.kernels.cascade_tree_attention import paged_prefix_attention
 from echo_vllm.kernels.gpu_backend import EchoFlashAttentionImpl
 from echo_vllm.kernels.paged_kv import CPU_PACKED, HEAD_MAJOR, prefix_slots, slots_of
-from echo_vllm.kernels.tree_attention import METADATA_ATTRIBUTE, TreeAttentionBatch, tree_attention
+from echo_vllm.kernels.tree_attention import METADATA_ATTRIBUTE, tree_attention, tree_attention_batch
 
 HEADS, KV_HEADS, DH, BLOCK, NUM_BLOCKS = 4, 2, 32, 32, 4
 SCALE = 1 / math.sqrt(DH)
@@ -35,13 +37,14 @@ PREFIX_LENS = [5, 30, 0]
 QUERY_LENS = [1, 4, 3]
 BLOCK_TABLE = torch.tensor([[0, 0], [3, 1], [2, 0]], dtype=torch.int32)
 TREE_PARENTS = torch.tensor([[-1, 0, 0, 1], [-1, 0, 0, -1]])
-TREES = TreeAttentionBatch(
+TREES = tree_attention_batch(
     token_rows=torch.tensor([[1, 2, 3, 4], [5, 6, 7, 7]]),
     is_node=torch.tensor([[True] * 4, [True, True, True, False]]),
     mask=ancestor_mask(TREE_PARENTS),
     block_table=BLOCK_TABLE[1:],
     prefix_lens=torch.tensor(PREFIX_LENS[1:]),
     block_size=BLOCK,
+    device="cpu",
 )
 TREE_ROWS = [1, 2, 3, 4, 5, 6, 7]
 
@@ -150,16 +153,54 @@ def torch_tree_attention_paged(query, tree_key, tree_value, tree_mask, key_cache
                           value_cache[blocks, offsets], prefix_lens, scale)
 
 
-def test_gpu_backend_glue_rewrites_only_tree_rows(monkeypatch):
-    """FlashAttention and the Triton kernel replaced by torch stand-ins: checks the cache split,
-    row selection and padding handling echo adds around them, nothing about the kernels."""
+def run_gpu_impl(monkeypatch):
+    """EchoFlashAttentionImpl.forward over one step, FlashAttention's own forward a stand-in
+    that leaves what the base kernel "wrote" (7s). Returns (output, base output, K/V, query)."""
     monkeypatch.setattr(FlashAttentionImpl, "forward", lambda self, layer, q, k, v, cache, meta, output: output)
-    monkeypatch.setattr(gpu_backend, "tree_attention_paged", torch_tree_attention_paged)
     seq_kv, query, key, value = make_step()
     cache = paged_cache(HEAD_MAJOR, seq_kv)  # FlashAttention's layout
     impl = EchoFlashAttentionImpl(HEADS, DH, SCALE, KV_HEADS, None, None, "auto")
-    base_out = torch.full_like(query, 7.0)  # what the base kernel "wrote"
+    base_out = torch.full_like(query, 7.0)
     out = impl.forward(LAYER, query, key, value, cache, SimpleNamespace(**{METADATA_ATTRIBUTE: TREES}),
                        base_out.clone())
+    return out, base_out, seq_kv, query
+
+
+def test_gpu_backend_rewrites_only_tree_rows_with_cascade_attention(monkeypatch):
+    """The cascade path, the torch prefix attention in FlashAttention's place and vLLM's
+    merge_attn_states (its torch path here): tree rows equal the reference, others untouched."""
+    versions = []
+
+    def torch_prefix(fa_version):
+        versions.append(fa_version)
+        return paged_prefix_attention
+
+    monkeypatch.setattr(gpu_backend, "flash_prefix_attention", torch_prefix)
+    out, base_out, seq_kv, query = run_gpu_impl(monkeypatch)
+    assert versions, "the cascade path did not ask for FlashAttention's prefix attention"
     torch.testing.assert_close(out[TREE_ROWS], expected_tree_rows(seq_kv, query), atol=1e-5, rtol=1e-5)
     assert torch.equal(out[0], base_out[0])
+
+
+def test_gpu_backend_triton_fallback_glue(monkeypatch):
+    """ECHO_VLLM_TREE_KERNEL=triton: the Triton kernel (a torch stand-in) computes the same rows."""
+    from echo_vllm.kernels import triton_tree_attention
+
+    monkeypatch.setenv("ECHO_VLLM_TREE_KERNEL", "triton")
+    monkeypatch.setattr(triton_tree_attention, "tree_attention_paged", torch_tree_attention_paged)
+    out, base_out, seq_kv, query = run_gpu_impl(monkeypatch)
+    torch.testing.assert_close(out[TREE_ROWS], expected_tree_rows(seq_kv, query), atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[0], base_out[0])
+
+
+def test_tree_kernel_choice_is_checked(monkeypatch):
+    monkeypatch.setenv("ECHO_VLLM_TREE_KERNEL", "fast")
+    with pytest.raises(ValueError, match="ECHO_VLLM_TREE_KERNEL must be one of"):
+        gpu_backend.tree_kernel_from_env()
+
+
+def test_tree_batch_precomputes_node_rows():
+    """Padding (tree C's fourth entry, row 7 again) is left out once, at batch build."""
+    assert TREES.node_rows.tolist() == TREE_ROWS
+    assert TREES.node_index.tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert TREES.max_prefix_len == 30
