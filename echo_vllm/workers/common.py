@@ -1,24 +1,17 @@
-"""Echo's vLLM worker and model runner classes, selected through `ParallelConfig.worker_cls`.
-
-Both vLLM workers build the V1 model runner echo extends: the GPU worker through its
-`_make_model_runner` factory, the CPU worker inline in `init_device` (no factory there), so
-the CPU worker replaces the runner it just built.
-"""
+"""What echo's CPU and GPU workers share: reading echo's options from the vLLM config, the
+attention-support check after load, the cost measurement after warm-up, and the RPCs echo's
+tools call. Imports nothing platform-specific."""
 
 from __future__ import annotations
 
 from vllm.config import VllmConfig
-from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
-from vllm.v1.worker.cpu_model_runner import CPUModelRunner
-from vllm.v1.worker.cpu_worker import CPUWorker
-from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-from vllm.v1.worker.gpu_worker import Worker
+from vllm.config.vllm import get_layers_from_vllm_config
+from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
 
+from echo_vllm.attention_support import refuse, unsupported_attention_features
 from echo_vllm.config import EchoConfig, parse_echo_config
 from echo_vllm.runner import EchoRunnerMixin
-from echo_vllm.scheduler_patches.overrides import CPU_ATTENTION, FLASH_ATTENTION
 from echo_vllm.scheduler_patches.patch_arg_utils import ADDITIONAL_CONFIG_KEY
-from echo_vllm.scheduler_patches.registry import check_all_overrides
 
 
 def echo_config_of(vllm_config: VllmConfig) -> EchoConfig:
@@ -40,6 +33,15 @@ def measure_cost_if_needed(runner: EchoRunnerMixin) -> None:
         runner.measure_target_cost()
 
 
+def check_attention_support(runner: EchoRunnerMixin) -> None:
+    """Once the model is loaded and its KV cache laid out (before vLLM's warm-up): refuse the
+    attention features echo's tree path does not implement (attention_support.py)."""
+    layers = get_layers_from_vllm_config(runner.vllm_config, AttentionLayerBase)
+    found = unsupported_attention_features(runner.vllm_config, layers, runner.kv_cache_config,
+                                           runner._kernel_block_sizes)
+    refuse(found, RuntimeError)
+
+
 class EchoRPC:
     """What echo's tools ask every worker, by method name through `LLM.collective_rpc` (a
     name needs no pickled function, so no insecure serialization)."""
@@ -58,53 +60,3 @@ class EchoRPC:
         """The recorded steps and the drafter's expected seconds per step at batch_size."""
         runner = self.model_runner
         return list(runner.echo_calibration.records), runner.echo_policy.draft_seconds(batch_size)
-
-
-class EchoCPUModelRunner(EchoRunnerMixin, CPUModelRunner):
-    pass
-
-
-class EchoGPUModelRunner(EchoRunnerMixin, GPUModelRunner):
-    pass
-
-
-class EchoCPUWorker(EchoRPC, CPUWorker):
-    def __init__(self, vllm_config: VllmConfig, *args, **kwargs):
-        check_all_overrides()
-        super().__init__(vllm_config, *args, **kwargs)
-        self.use_v2_model_runner = False  # declared: overrides.V1_RUNNER_ON_CPU
-        # Tree rows need masks the C++ kernel lacks; echo's backend keeps vLLM's name
-        # (the CPU platform selects CPU_ATTN whatever is configured).
-        register_backend(AttentionBackendEnum[CPU_ATTENTION.entry], CPU_ATTENTION.replacement)
-
-    def init_device(self) -> None:
-        super().init_device()
-        self.model_runner = EchoCPUModelRunner(self.vllm_config, self.device, echo_config_of(self.vllm_config))
-
-    def compile_or_warm_up_model(self):
-        times = super().compile_or_warm_up_model()
-        measure_cost_if_needed(self.model_runner)
-        return times
-
-
-class EchoGPUWorker(EchoRPC, Worker):
-    """Not run on a GPU yet: this project's GPU machine cannot hold a full vLLM install."""
-
-    def __init__(self, vllm_config: VllmConfig, *args, **kwargs):
-        check_all_overrides()
-        super().__init__(vllm_config, *args, **kwargs)
-        # FlashAttention takes no mask; echo's subclass rewrites tree rows after it
-        register_backend(AttentionBackendEnum[FLASH_ATTENTION.entry], FLASH_ATTENTION.replacement)
-
-    def _make_model_runner(self) -> GPUModelRunner:
-        if self.use_v2_model_runner:
-            raise RuntimeError(
-                "echo-vllm: method 'echo' extends vLLM's V1 model runner, but V2 was forced "
-                "(VLLM_USE_V2_MODEL_RUNNER=1); unset it"
-            )
-        return EchoGPUModelRunner(self.vllm_config, self.device, echo_config_of(self.vllm_config))
-
-    def compile_or_warm_up_model(self):
-        times = super().compile_or_warm_up_model()
-        measure_cost_if_needed(self.model_runner)
-        return times
