@@ -307,7 +307,8 @@ WORKERS = [
     VllmMethod(
         device_type="cuda",
         target=f"{_GPU_WORKER}.compile_or_warm_up_model", kind="override", params=(), vllm="0.32.*",
-        why="after vLLM's warm-up, measure the target pass cost model the auto budget starts from (GPU)",
+        why="before vLLM's warm-up (model loaded, KV cache laid out), refuse the attention features the tree "
+        "path lacks; after it, measure the target pass cost model the auto budget starts from (GPU)",
         upstream=_NO_COST_HOOK, remove_when=_COST_HOOK_UPSTREAM,
     ),
 ]
@@ -393,6 +394,12 @@ ATTENTION_FEATURES = [
     _feature_read(f"{_KV_CACHE}.KVCacheConfig.kv_cache_groups", "more than one KV-cache group"),
     _feature_read(f"{_KV_CACHE}.KVCacheGroupSpec.kv_cache_spec", "the KV manager's block size"),
     _feature_read(f"{_KV_CACHE}.KVCacheSpec.block_size", "the KV manager's block size"),
+    VllmMethod(
+        target="vllm.config.vllm.get_layers_from_vllm_config", kind="call",
+        params=("vllm_config", "layer_type", "layer_names"), vllm="0.32.*",
+        why="the model's attention layers, whose features are checked after load (and whose KV caches "
+        "verification moves)", upstream=_NO_FEATURE_QUERY, remove_when=_FEATURES_UPSTREAM,
+    ),
 ]
 
 DEPENDENCIES = [*RUNNER, *PROPOSER, *SAMPLER, *ATTENTION, *WORKERS, *ENGINE, *ATTENTION_FEATURES]

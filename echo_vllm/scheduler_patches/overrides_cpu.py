@@ -108,7 +108,8 @@ WORKERS = [
     VllmMethod(
         device_type="cpu",
         target=f"{_CPU_WORKER}.compile_or_warm_up_model", kind="override", params=(), vllm="0.32.*",
-        why="after vLLM's warm-up, measure the target pass cost model the auto budget starts from",
+        why="before vLLM's warm-up (model loaded, KV cache laid out), refuse the attention features the tree "
+        "path lacks; after it, measure the target pass cost model the auto budget starts from",
         upstream=_NO_COST_HOOK, remove_when=_COST_HOOK_UPSTREAM,
     ),
 ]
