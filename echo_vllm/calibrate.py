@@ -54,8 +54,8 @@ def calibrate(target: str, draft: str, out: str, source: str = "training", num_p
     tree = {"steps": steps, "topk": topk, "num_draft_tokens": num_draft_tokens}
     chats = calibration_prompts(source, num_prompts)
     run_batch_size = run_batch_size or batch_size
-    llm = LLM(model=target, max_num_seqs=run_batch_size, max_model_len=context_length(target, 2048), dtype=tool_dtype(), **ENGINE,
-              speculative_config={"method": "echo", "model": draft, **tree})
+    llm = LLM(model=target, max_num_seqs=run_batch_size, max_model_len=context_length(target, 2048),
+              dtype=tool_dtype(), **ENGINE, speculative_config={"method": "echo", "model": draft, **tree})
     (cost_points,) = llm.collective_rpc("echo_start_calibration")
     sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     for start in tqdm(range(0, len(chats), run_batch_size), desc="calibrate", unit="batch"):

