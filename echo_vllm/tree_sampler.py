@@ -40,9 +40,10 @@ def sample_trees(
     starts = [0, *ends[:-1]]
     greedy_tokens = processed.argmax(dim=-1).tolist()
     tokens_l, parents_l = tokens.tolist(), parent_idx.tolist()
+    greedy_rows = _greedy_rows(sampling_metadata, len(ends))
     verdicts = []
     for row, (start, end) in enumerate(zip(starts, ends)):
-        if _is_greedy(sampling_metadata, row):
+        if greedy_rows[row]:
             target_token = lambda node, start=start: greedy_tokens[start + node]  # noqa: E731
         else:
             target_token = _sampler_draw(processed[start:end], sampling_metadata.generators.get(row))
@@ -62,8 +63,11 @@ def sample_trees(
     return SamplerOutput(sampled_token_ids=sampled.to(logits.device), logprobs_tensors=logprobs), verdicts
 
 
-def _is_greedy(sampling_metadata: SamplingMetadata, row: int) -> bool:
-    return sampling_metadata.all_greedy or float(sampling_metadata.temperature[row]) == 0.0
+def _greedy_rows(sampling_metadata: SamplingMetadata, num_rows: int) -> list[bool]:
+    """Whether each request decodes greedily (temperature read to the host once)."""
+    if sampling_metadata.all_greedy:
+        return [True] * num_rows
+    return (sampling_metadata.temperature[:num_rows] == 0.0).tolist()
 
 
 def _sampler_draw(node_logits: torch.Tensor, generator: torch.Generator | None):

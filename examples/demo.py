@@ -20,11 +20,12 @@ from pathlib import Path  # noqa: E402
 
 from echo_vllm.assets.models import prepare_model  # noqa: E402
 from echo_vllm.assets.prompts import load_prompts  # noqa: E402
+from echo_vllm.device import tool_dtype  # noqa: E402
 
 # the EAGLE-3 head trained for SmolLM2 by `echo-vllm train-draft` (see its README.md)
 HEAD = Path(__file__).resolve().parents[1] / "heads" / "smollm2-135m-eagle3"
 
-ENGINE = dict(dtype="float32", enforce_eager=True, kv_cache_memory_bytes=1 << 30,
+ENGINE = dict(dtype=tool_dtype(), enforce_eager=True, kv_cache_memory_bytes=1 << 30,
               max_model_len=2048, disable_log_stats=False)
 
 

@@ -45,11 +45,12 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     from echo_vllm.assets.models import prepare_model
+    from echo_vllm.device import tool_dtype
 
     prompts = read_prompts(args.prompts)[: args.limit]
     llm = LLM(
         model=str(prepare_model("smollm2-135m")),
-        dtype="float32",  # this CPU: bf16 is not supported by the CPU build here
+        dtype=tool_dtype(),  # float32 on CPU (bf16 dies there), the model's dtype on a GPU
         enforce_eager=True,
         max_model_len=2048,
         kv_cache_memory_bytes=1 << 30,

@@ -18,10 +18,12 @@ MODEL="$(.venv/bin/echo-vllm prepare-model smollm2-135m | sed 's/.* at //')"
 HEAD=heads/smollm2-135m-eagle3
 ECHO_CONFIG="{\"method\": \"echo\", \"model\": \"$HEAD\", \"calibration_file\": \"$HEAD/calibration.json\"}"
 SPECULATIVE_CONFIG="${SPECULATIVE_CONFIG-$ECHO_CONFIG}"
+# float32 on CPU (bf16 dies there), the model's dtype on a GPU (FlashAttention takes no float32)
+DTYPE="$(.venv/bin/python -c 'from echo_vllm.device import tool_dtype; print(tool_dtype())')"
 SPECULATION=()
 [ -n "$SPECULATIVE_CONFIG" ] && SPECULATION=(--speculative-config "$SPECULATIVE_CONFIG")
 exec .venv/bin/python -m vllm.entrypoints.openai.api_server \
   --model "$MODEL" --served-model-name smollm2-135m \
   --host 127.0.0.1 --port "${PORT:-8000}" \
-  --dtype float32 --enforce-eager --max-model-len 2048 --kv-cache-memory-bytes $((1 << 30)) \
+  --dtype "$DTYPE" --enforce-eager --max-model-len 2048 --kv-cache-memory-bytes $((1 << 30)) \
   "${SPECULATION[@]}"

@@ -41,7 +41,7 @@ def test_echo_config_becomes_eagle3_with_echo_worker(tiny_target, tiny_head):
     config = engine_config(tiny_target, model=tiny_head, steps=5, num_draft_tokens=4)
     spec = config.speculative_config
     assert (spec.method, spec.num_speculative_tokens) == ("eagle3", 3)
-    assert config.parallel_config.worker_cls == "echo_vllm.worker.EchoCPUWorker"
+    assert config.parallel_config.worker_cls == "echo_vllm.workers.cpu.EchoCPUWorker"
     echo = parse_echo_config(config.additional_config["echo"])
     assert (echo.model, echo.steps, echo.num_draft_tokens) == (tiny_head, 5, 4)
 
@@ -49,7 +49,7 @@ def test_echo_config_becomes_eagle3_with_echo_worker(tiny_target, tiny_head):
 def test_echo_options_survive_pickling_to_workers(tiny_target, tiny_head):
     config = pickle.loads(pickle.dumps(engine_config(tiny_target, model=tiny_head)))
     assert parse_echo_config(config.additional_config["echo"]).model == tiny_head
-    assert config.parallel_config.worker_cls == "echo_vllm.worker.EchoCPUWorker"
+    assert config.parallel_config.worker_cls == "echo_vllm.workers.cpu.EchoCPUWorker"
 
 
 def test_cli_json_reaches_echo(tiny_target, tiny_head):
@@ -147,3 +147,10 @@ def test_gpu_attention_backend_imports():
     from echo_vllm.kernels.gpu_backend import EchoFlashAttentionBackend
 
     assert EchoFlashAttentionBackend.get_name() == "FLASH_ATTN"
+
+
+def test_attention_echo_trees_lack_is_refused_before_any_weight_loads(tiny_target, tiny_head):
+    args = EngineArgs(model=tiny_target, dtype="float32", skip_tokenizer_init=True, max_model_len=1024,
+                      kv_cache_dtype="fp8", speculative_config={"method": "echo", "model": tiny_head})
+    with pytest.raises(ValueError, match=r"quantized KV cache \(kv_cache_dtype='fp8'\): leave kv_cache_dtype 'auto'"):
+        args.create_engine_config()

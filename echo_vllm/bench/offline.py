@@ -28,6 +28,7 @@ from tqdm import tqdm
 from echo_vllm.assets.models import context_length
 from echo_vllm.assets.prompts import chat_messages, load_prompts
 from echo_vllm.bench.plan import BenchPlan
+from echo_vllm.device import tool_dtype
 
 KV_CACHE_BYTES = 1 << 30
 WARM_UP_TOKENS = 32
@@ -83,7 +84,7 @@ def engine_options(plan: BenchPlan, loads: list[Workload]) -> dict:
         raise ValueError(f"echo-vllm bench: prompts of up to {longest - plan.max_tokens} tokens plus "
                          f"--max-tokens {plan.max_tokens} do not fit the target's context "
                          f"({context_length(plan.target, max_model_len)} tokens)")
-    return dict(dtype="float32", enforce_eager=True, max_model_len=max_model_len, disable_log_stats=False,
+    return dict(dtype=tool_dtype(), enforce_eager=True, max_model_len=max_model_len, disable_log_stats=False,
                 kv_cache_memory_bytes=KV_CACHE_BYTES, max_num_seqs=max(w.batch_size for w in loads),
                 enable_prefix_caching=False)
 

@@ -2,8 +2,9 @@
 the `PATCH` of each patch_<module>.py), as data: the methods echo's worker, runner, proposer,
 sampler and attention backends override, call or construct through, the attributes they
 read, overwrite or add, the registry entries they swap, the upstream bodies they copy and the
-ops they call (record kinds: records.py). registry.py lists them with the patches; echo's
-worker checks them at start-up (`registry.check_all_overrides`), and
+ops they call (record kinds: records.py). Those of vLLM's CPU platform are in overrides_cpu.py,
+those only the GPU worker needs carry device_type="cuda". registry.py lists them with the
+patches; echo's worker checks those of its platform at start-up (`registry.check_all_overrides`), and
 tests/scheduler_patches/test_registry.py checks every one, with the copied bodies' sources.
 """
 
@@ -11,12 +12,9 @@ from echo_vllm.kernels.tree_attention import METADATA_ATTRIBUTE
 from echo_vllm.scheduler_patches.records import BackendSwap, CopiedBody, VllmAttribute, VllmMethod, VllmOp
 
 _RUNNER = "vllm.v1.worker.gpu_model_runner.GPUModelRunner"
-_CPU_RUNNER = "vllm.v1.worker.cpu_model_runner.CPUModelRunner"
 _PROPOSER = "vllm.v1.spec_decode.llm_base_proposer.SpecDecodeBaseProposer"
 _EAGLE3_LAYER = "vllm.model_executor.models.llama_eagle3.LlamaDecoderLayer"
-_CPU_WORKER = "vllm.v1.worker.cpu_worker.CPUWorker"
 _GPU_WORKER = "vllm.v1.worker.gpu_worker.Worker"
-_CPU_ATTN = "vllm.v1.attention.backends.cpu_attn"
 _FLASH_ATTN = "vllm.v1.attention.backends.flash_attn"
 _ATTN_PARAMS = ("layer", "query", "key", "value", "kv_cache", "attn_metadata", "output", "output_scale",
                 "output_block_scale")
@@ -32,6 +30,8 @@ _NO_RUNNER_SEAM = "none: vLLM 0.32's workers build the V1 runner class they impo
 _RUNNER_SEAM_UPSTREAM = "vLLM lets a speculative method supply its model-runner extension (or verifies trees itself)"
 _NO_COST_HOOK = "none: vLLM exposes no per-pass timing or warm-up hook to a speculative method"
 _COST_HOOK_UPSTREAM = "vLLM reports target-pass times to the proposer"
+_NO_FEATURE_QUERY = "none: vLLM 0.32's attention backends declare what they support, not what a tree path lacks"
+_FEATURES_UPSTREAM = "echo's tree attention implements the feature, or vLLM verifies token trees itself"
 
 RUNNER = [
     VllmMethod(
@@ -40,12 +40,6 @@ RUNNER = [
         "the EagleProposer vLLM builds there is discarded (GPU)",
         upstream="partial: method 'custom_class' builds a proposer from vllm_config alone and drafts from "
         "token ids only, without the target hidden states and runner EAGLE-3 trees need",
-        remove_when="vLLM lets a speculative method supply its proposer class to the runner",
-    ),
-    VllmMethod(
-        target=f"{_CPU_RUNNER}.__init__", kind="construct", params=("vllm_config", "device"), vllm="0.32.*",
-        why="as GPUModelRunner.__init__, on CPU (echo's mixin sits over CPUModelRunner)",
-        upstream="as GPUModelRunner.__init__",
         remove_when="vLLM lets a speculative method supply its proposer class to the runner",
     ),
     VllmAttribute(
@@ -261,15 +255,8 @@ SAMPLER = [
     ),
 ]
 
-CPU_ATTENTION = BackendSwap(
-    target="vllm.v1.attention.backends.registry.AttentionBackendEnum.CPU_ATTN", vllm="0.32.*",
-    replaces=f"{_CPU_ATTN}.CPUAttentionBackend",
-    replacement="echo_vllm.kernels.cpu_backend.EchoCPUAttentionBackend",
-    why="tree rows need masks the C++ kernel lacks; echo's backend keeps vLLM's name (the CPU platform "
-    "selects CPU_ATTN whatever is configured)",
-    upstream=_NO_TREE_ATTN, remove_when=_TREE_ATTN_UPSTREAM,
-)
 FLASH_ATTENTION = BackendSwap(
+    device_type="cuda",
     target="vllm.v1.attention.backends.registry.AttentionBackendEnum.FLASH_ATTN", vllm="0.32.*",
     replaces=f"{_FLASH_ATTN}.FlashAttentionBackend",
     replacement="echo_vllm.kernels.gpu_backend.EchoFlashAttentionBackend",
@@ -278,7 +265,6 @@ FLASH_ATTENTION = BackendSwap(
 )
 
 ATTENTION = [
-    CPU_ATTENTION,
     FLASH_ATTENTION,
     VllmMethod(
         target="vllm.v1.attention.backends.registry.register_backend", kind="call",
@@ -287,88 +273,42 @@ ATTENTION = [
         upstream="a seam: vLLM's backend registry", remove_when=_TREE_ATTN_UPSTREAM,
     ),
     VllmMethod(
-        target=f"{_CPU_ATTN}.CPUAttentionBackend.get_impl_cls", kind="override", params=(), vllm="0.32.*",
-        why="echo's CPU backend returns its implementation class", upstream=_NO_TREE_ATTN,
-        remove_when=_TREE_ATTN_UPSTREAM,
-    ),
-    VllmMethod(
+        device_type="cuda",
         target=f"{_FLASH_ATTN}.FlashAttentionBackend.get_impl_cls", kind="override", params=(), vllm="0.32.*",
         why="echo's GPU backend returns its implementation class", upstream=_NO_TREE_ATTN,
         remove_when=_TREE_ATTN_UPSTREAM,
     ),
     VllmMethod(
-        target=f"{_CPU_ATTN}.CPUAttentionBackendImpl.forward", kind="override", params=_ATTN_PARAMS,
-        vllm="0.32.*", why="tree rows recomputed after the causal kernel", upstream=_NO_TREE_ATTN,
-        remove_when=_TREE_ATTN_UPSTREAM,
-    ),
-    VllmMethod(
+        device_type="cuda",
         target=f"{_FLASH_ATTN}.FlashAttentionImpl.forward", kind="override", params=_ATTN_PARAMS,
         vllm="0.32.*", why="tree rows recomputed after FlashAttention (GPU)", upstream=_NO_TREE_ATTN,
         remove_when=_TREE_ATTN_UPSTREAM,
     ),
     VllmAttribute(
-        target=f"{_CPU_ATTN}.CPUAttentionMetadata.{METADATA_ATTRIBUTE}", kind="added", vllm="0.32.*",
-        why="echo's runner hangs the step's trees on the target layers' metadata; echo's CPU backend reads them",
-        upstream=_NO_TREE_ATTN, remove_when=_TREE_ATTN_UPSTREAM,
-    ),
-    VllmAttribute(
+        device_type="cuda",
         target=f"{_FLASH_ATTN}.FlashAttentionMetadata.{METADATA_ATTRIBUTE}", kind="added", vllm="0.32.*",
         why="echo's runner hangs the step's trees on the target layers' metadata; echo's GPU backend reads them",
         upstream=_NO_TREE_ATTN, remove_when=_TREE_ATTN_UPSTREAM,
     ),
-    VllmAttribute(
-        target="vllm.model_executor.layers.attention.attention.Attention.isa", kind="read",
-        set_in=f"{_CPU_ATTN}.CPUAttentionMetadataBuilder._set_isa_to_layers", vllm="0.32.*",
-        why="how the CPU kernel packs a layer's KV cache: echo reads and moves KV in the layouts it knows",
-        upstream="none: the CPU backend's cache packing is private",
-        remove_when="vLLM offers KV gather/scatter by slot for each backend",
-    ),
 ]
 
-V1_RUNNER_ON_CPU = VllmAttribute(
-    target=f"{_GPU_WORKER}.use_v2_model_runner", kind="overwritten", set_in=f"{_GPU_WORKER}.__init__",
-    vllm="0.32.*",
-    why="echo's CPU worker sets it False so init_device builds the V1 runner echo extends (the GPU "
-    "worker refuses a forced V2 instead; patch_config keeps V2 from being chosen otherwise)",
-    upstream=_NO_RUNNER_SEAM, remove_when="echo's runner extension exists for Model Runner V2",
-)
-
 WORKERS = [
-    VllmMethod(
-        target=f"{_CPU_WORKER}.__init__", kind="construct",
-        params=("vllm_config", "local_rank", "rank", "distributed_init_method", "is_driver_worker"), vllm="0.32.*",
-        why="echo's CPU worker checks these declarations, then forces the V1 runner and swaps CPU_ATTN",
-        upstream=_NO_RUNNER_SEAM, remove_when=_RUNNER_SEAM_UPSTREAM,
-    ),
     VllmMethod(
         target=f"{_GPU_WORKER}.__init__", kind="construct",
         params=("vllm_config", "local_rank", "rank", "distributed_init_method", "is_driver_worker"), vllm="0.32.*",
         why="echo's GPU worker checks these declarations, then swaps FLASH_ATTN",
         upstream=_NO_RUNNER_SEAM, remove_when=_RUNNER_SEAM_UPSTREAM,
     ),
-    V1_RUNNER_ON_CPU,
     VllmMethod(
-        target=f"{_CPU_WORKER}.init_device", kind="override", params=(), vllm="0.32.*",
-        why="echo's runner replaces the one built here (no runner factory on CPU)",
-        upstream=_NO_RUNNER_SEAM, remove_when=_RUNNER_SEAM_UPSTREAM,
-    ),
-    VllmAttribute(
-        target=f"{_CPU_WORKER}.model_runner", kind="overwritten", set_in=f"{_CPU_WORKER}.init_device",
-        vllm="0.32.*", why="echo's CPU runner replaces the one vLLM's init_device built",
-        upstream=_NO_RUNNER_SEAM, remove_when=_RUNNER_SEAM_UPSTREAM,
-    ),
-    VllmMethod(
+        device_type="cuda",
         target=f"{_GPU_WORKER}._make_model_runner", kind="override", params=(), vllm="0.32.*",
         why="echo's GPU runner is built here", upstream=_NO_RUNNER_SEAM, remove_when=_RUNNER_SEAM_UPSTREAM,
     ),
     VllmMethod(
-        target=f"{_CPU_WORKER}.compile_or_warm_up_model", kind="override", params=(), vllm="0.32.*",
-        why="after vLLM's warm-up, measure the target pass cost model the auto budget starts from",
-        upstream=_NO_COST_HOOK, remove_when=_COST_HOOK_UPSTREAM,
-    ),
-    VllmMethod(
+        device_type="cuda",
         target=f"{_GPU_WORKER}.compile_or_warm_up_model", kind="override", params=(), vllm="0.32.*",
-        why="after vLLM's warm-up, measure the target pass cost model the auto budget starts from (GPU)",
+        why="before vLLM's warm-up (model loaded, KV cache laid out), refuse the attention features the tree "
+        "path lacks; after it, measure the target pass cost model the auto budget starts from (GPU)",
         upstream=_NO_COST_HOOK, remove_when=_COST_HOOK_UPSTREAM,
     ),
 ]
@@ -418,4 +358,48 @@ ENGINE = [
     ),
 ]
 
-DEPENDENCIES = [*RUNNER, *PROPOSER, *SAMPLER, *ATTENTION, *WORKERS, *ENGINE]
+
+def _feature_read(target: str, why: str, kind: str = "config", set_in: str | None = None,
+                  device_type: str | None = None) -> VllmAttribute:
+    """What echo reads to refuse an attention feature its tree path lacks (attention_support.py)."""
+    return VllmAttribute(target=target, kind=kind, set_in=set_in, device_type=device_type, vllm="0.32.*",
+                         why=f"refused at start-up: {why}", upstream=_NO_FEATURE_QUERY,
+                         remove_when=_FEATURES_UPSTREAM)
+
+
+_ATTENTION_LAYER = "vllm.model_executor.layers.attention.attention.Attention"
+_KV_CACHE = "vllm.v1.kv_cache_interface"
+
+ATTENTION_FEATURES = [
+    _feature_read("vllm.engine.arg_utils.EngineArgs.kv_cache_dtype", "a quantized KV cache"),
+    _feature_read("vllm.config.parallel.ParallelConfig.decode_context_parallel_size", "decode context parallelism"),
+    _feature_read("vllm.config.model.ModelConfig.hf_text_config", "logits soft-capping "
+                  "(attn_logit_softcapping)", kind="read", set_in="vllm.config.model.ModelConfig.__post_init__"),
+    _feature_read("vllm.config.model.ModelConfig.uses_alibi", "ALiBi", kind="property"),
+    _feature_read("vllm.config.model.ModelConfig.uses_mrope", "M-RoPE", kind="property"),
+    VllmMethod(
+        target="vllm.config.model.ModelConfig.get_sliding_window", kind="call", params=(), vllm="0.32.*",
+        why="refused at start-up: a sliding window", upstream=_NO_FEATURE_QUERY, remove_when=_FEATURES_UPSTREAM,
+    ),
+    *(_feature_read(f"{_ATTENTION_LAYER}.{name}", why, kind="read", set_in=f"{_ATTENTION_LAYER}.__init__")
+      for name, why in (("sliding_window", "a layer's sliding window"), ("has_sink", "attention sinks"),
+                        ("kv_cache_dtype", "a layer's quantized KV cache"))),
+    *(_feature_read(f"{_FLASH_ATTN}.FlashAttentionImpl.{name}", why, kind="read",
+                    set_in=f"{_FLASH_ATTN}.FlashAttentionImpl.__init__", device_type="cuda")
+      for name, why in (("logits_soft_cap", "a layer's logits soft-capping"), ("alibi_slopes", "a layer's ALiBi"))),
+    _feature_read(f"{_RUNNER}.kv_cache_config", "more than one KV-cache group", kind="read",
+                  set_in=f"{_RUNNER}.initialize_kv_cache"),
+    _feature_read(f"{_RUNNER}._kernel_block_sizes", "a kernel block size other than the KV manager's", kind="read",
+                  set_in=f"{_RUNNER}.initialize_kv_cache"),
+    _feature_read(f"{_KV_CACHE}.KVCacheConfig.kv_cache_groups", "more than one KV-cache group"),
+    _feature_read(f"{_KV_CACHE}.KVCacheGroupSpec.kv_cache_spec", "the KV manager's block size"),
+    _feature_read(f"{_KV_CACHE}.KVCacheSpec.block_size", "the KV manager's block size"),
+    VllmMethod(
+        target="vllm.config.vllm.get_layers_from_vllm_config", kind="call",
+        params=("vllm_config", "layer_type", "layer_names"), vllm="0.32.*",
+        why="the model's attention layers, whose features are checked after load (and whose KV caches "
+        "verification moves)", upstream=_NO_FEATURE_QUERY, remove_when=_FEATURES_UPSTREAM,
+    ),
+]
+
+DEPENDENCIES = [*RUNNER, *PROPOSER, *SAMPLER, *ATTENTION, *WORKERS, *ENGINE, *ATTENTION_FEATURES]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from echo_vllm.attention_support import config_features, refuse
 from echo_vllm.calibration_file import check_models, read_calibration
 from echo_vllm.config import METHOD, describe_calibration, parse_echo_config, to_vllm_speculative_config
 from echo_vllm.draft_head import TargetShape, check_head_matches_target
@@ -21,8 +22,9 @@ from echo_vllm.log import logger
 from echo_vllm.scheduler_patches.records import VllmPatch
 
 ADDITIONAL_CONFIG_KEY = "echo"
-CPU_WORKER = "echo_vllm.worker.EchoCPUWorker"
-GPU_WORKER = "echo_vllm.worker.EchoGPUWorker"
+# one module per platform: vLLM's CPU worker modules must not load on a GPU (echo_vllm/workers)
+CPU_WORKER = "echo_vllm.workers.cpu.EchoCPUWorker"
+GPU_WORKER = "echo_vllm.workers.gpu.EchoGPUWorker"
 
 
 def echo_options(engine_args: Any) -> dict[str, Any] | None:
@@ -107,6 +109,8 @@ def _wrap_create_speculative_config(original):
                 num_hidden_layers=target_model_config.get_total_num_hidden_layers(),
             ),
         )
+        # before any weight loads: what the config shows of attention echo's trees cannot do
+        refuse(config_features(target_model_config, target_parallel_config, self.kv_cache_dtype), ValueError)
         if echo.calibration_file is not None:
             calibration = read_calibration(echo.calibration_file)
             check_models(calibration, echo.calibration_file, "target", target_model_config.model)

@@ -14,8 +14,9 @@ to offer, and the condition that lets echo drop it. The kinds:
 
 `check(installed_vllm, device_type)` is what echo's worker runs at start-up (cheap: imports
 already done, signatures, one short source read per instance attribute): an internal that
-vLLM renamed or re-shaped fails there, naming it, never at the first tree. A copied body's
-source hash is compared by the tests only (tests/scheduler_patches/test_registry.py).
+vLLM renamed or re-shaped fails there, naming it, never at the first tree. A record with a
+`device_type` is resolved on that platform only (the CPU ones live in overrides_cpu.py). A
+copied body's source hash is compared by the tests only (tests/scheduler_patches/test_registry.py).
 The registry of all records is registry.py.
 """
 
@@ -73,17 +74,29 @@ def _owner_class(target: str) -> type:
 
 @dataclass(frozen=True, kw_only=True)
 class Declared:
-    """What every record says: exactly what, for which vLLM, why, and until when."""
+    """What every record says: exactly what, for which vLLM, why, and until when, and the
+    platform it applies to."""
 
     target: str  # dotted path in the installed packages: module.Class.attribute
     vllm: str  # vLLM versions written and tested against (fnmatch pattern)
     why: str
     upstream: str  # what upstream vLLM offers, or would need to offer
     remove_when: str  # the condition that lets echo drop it
+    # the vLLM platform device type it applies to ("cpu", "cuda"); None: every platform.
+    # Elsewhere it is never resolved: importing vLLM's CPU worker would patch torch process-wide.
+    device_type: str | None = None
+
+    def applies_to(self, device_type: str) -> bool:
+        return self.device_type in (None, device_type)
 
     def check(self, installed_vllm: str, device_type: str) -> None:
-        """Raise (naming the target) unless the installed vLLM still has what echo relies on."""
+        """Raise (naming the target) unless the installed vLLM still has what echo relies on;
+        on a platform the record does not apply to, only the version is checked."""
         check_vllm_version(installed_vllm, self.vllm)
+        if self.applies_to(device_type):
+            self.check_installed(installed_vllm)
+
+    def check_installed(self, installed_vllm: str) -> None:
         resolve(self.target)
 
 
@@ -105,8 +118,7 @@ class VllmMethod(Declared):
     kind: Literal["override", "call", "construct"]
     params: tuple[str, ...]  # parameter names (self excluded) in the vLLM written for
 
-    def check(self, installed_vllm: str, device_type: str) -> None:
-        check_vllm_version(installed_vllm, self.vllm)
+    def check_installed(self, installed_vllm: str) -> None:
         found = tuple(p for p in inspect.signature(_resolved(self.target)).parameters if p != "self")
         if found != self.params:
             raise RuntimeError(
@@ -125,10 +137,11 @@ class VllmAttribute(Declared):
       overwritten  vLLM sets it on instances (in `set_in`); echo replaces the value
       added        echo adds it to vLLM's instances: vLLM must not define it, and the
                    instances must take new attributes (no slots, not frozen)
-      config       a public config field echo sets; it must still be a field
+      config       a public config (dataclass) field echo sets or reads; it must still be a field
+      property     a public property echo reads; it must still be one
     """
 
-    kind: Literal["read", "overwritten", "added", "config"]
+    kind: Literal["read", "overwritten", "added", "config", "property"]
     set_in: str | None = None  # read / overwritten: the vLLM function that assigns it
 
     def __post_init__(self):
@@ -138,11 +151,14 @@ class VllmAttribute(Declared):
     def name(self) -> str:
         return self.target.rsplit(".", 1)[1]
 
-    def check(self, installed_vllm: str, device_type: str) -> None:
-        check_vllm_version(installed_vllm, self.vllm)
+    def check_installed(self, installed_vllm: str) -> None:
         owner = _owner_class(self.target)
         if self.kind == "added":
             self._check_addable(installed_vllm, owner)
+        elif self.kind == "property":
+            if not isinstance(inspect.getattr_static(owner, self.name, None), property):
+                raise RuntimeError(f"echo-vllm: vLLM {installed_vllm} has no property {self.target}; "
+                                   f"echo reads it ({self.why})")
         elif self.kind == "config":
             if self.name not in getattr(owner, "__dataclass_fields__", {}) and not hasattr(owner, self.name):
                 raise RuntimeError(f"echo-vllm: vLLM {installed_vllm} has no config field {self.target}; "
@@ -180,8 +196,7 @@ class BackendSwap(Declared):
         """The member's name, e.g. "CPU_ATTN"."""
         return self.target.rsplit(".", 1)[1]
 
-    def check(self, installed_vllm: str, device_type: str) -> None:
-        check_vllm_version(installed_vllm, self.vllm)
+    def check_installed(self, installed_vllm: str) -> None:
         registered = _resolved(self.target).value
         if registered != self.replaces:
             raise RuntimeError(
@@ -215,13 +230,10 @@ class VllmOp(Declared):
     """A compiled op of vLLM's extension echo calls (target: torch.ops.<namespace>.<op>),
     present on one device type's build, registered when `loaded_by` is imported."""
 
-    device_type: str  # checked only there ("cpu", "cuda")
+    device_type: str  # required: an op exists on one device type's build ("cpu", "cuda")
     loaded_by: str  # the vLLM module whose import loads the op library
 
-    def check(self, installed_vllm: str, device_type: str) -> None:
-        check_vllm_version(installed_vllm, self.vllm)
-        if device_type != self.device_type:
-            return
+    def check_installed(self, installed_vllm: str) -> None:
         importlib.import_module(self.loaded_by)
         namespace, name = self.target.removeprefix("torch.ops.").split(".")
         if not hasattr(getattr(torch.ops, namespace), name):

@@ -2,10 +2,12 @@
 
   PATCHES       the vLLM attributes echo replaces, in application order (the PATCH of each
                 patch_<module>.py), applied by `apply_all`
-  DEPENDENCIES  everything else echo relies on (overrides.py): methods overridden, called or
+  DEPENDENCIES  everything else echo relies on (overrides.py; vLLM's CPU platform only:
+                overrides_cpu.py): methods overridden, called or
                 constructed through, attributes read, overwritten or added, config fields set,
                 backend registry entries swapped, upstream bodies copied, ops called;
-                checked by `check_all_overrides` when echo's worker starts
+                checked by `check_all_overrides` when echo's worker starts, those of
+                its platform only
 
 vLLM loads general plugins once per process, in several processes, so `apply_all` may run
 many times; it checks the installed vLLM version before touching anything and keeps the
@@ -15,10 +17,10 @@ originals so tests can restore them. The record kinds and their checks are in re
 from __future__ import annotations
 
 import vllm
-import vllm.platforms
 
 from echo_vllm.scheduler_patches import (
     overrides,
+    overrides_cpu,
     patch_arg_utils,
     patch_async_llm,
     patch_config,
@@ -45,7 +47,7 @@ PATCHES: tuple[VllmPatch, ...] = (
     patch_config.PATCH,
     patch_async_llm.PATCH,
 )
-DEPENDENCIES: tuple[Declared, ...] = tuple(overrides.DEPENDENCIES)
+DEPENDENCIES: tuple[Declared, ...] = (*overrides.DEPENDENCIES, *overrides_cpu.DEPENDENCIES)
 DECLARED: tuple[Declared, ...] = (*PATCHES, *DEPENDENCIES)
 
 
@@ -54,10 +56,10 @@ def all_patches() -> list[VllmPatch]:
     return list(PATCHES)
 
 
-def check_all_overrides() -> None:
+def check_all_overrides(device_type: str) -> None:
     """Raise, naming the vLLM internal, unless the installed vLLM still has everything echo
-    relies on (on this device type)."""
-    device_type = vllm.platforms.current_platform.device_type
+    relies on on this platform's device type ("cpu", "cuda"); the records of other platforms
+    are never resolved (their modules stay unimported)."""
     for dependency in DEPENDENCIES:
         dependency.check(vllm.__version__, device_type)
 

@@ -53,9 +53,10 @@ def generate_responses(
     from vllm import LLM, SamplingParams
 
     from echo_vllm.assets.models import context_length
+    from echo_vllm.device import tool_dtype
 
     with _every_core_bound():
-        llm = LLM(model=target, dtype="float32", enforce_eager=True, max_model_len=context_length(target, 2048),
+        llm = LLM(model=target, dtype=tool_dtype(), enforce_eager=True, max_model_len=context_length(target, 2048),
                   kv_cache_memory_bytes=4 << 30, max_num_seqs=256, max_num_batched_tokens=8192)
     sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
     try:

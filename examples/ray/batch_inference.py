@@ -30,7 +30,9 @@ class EchoPredictor:
     def __init__(self, model: str, speculative_config: dict, max_tokens: int):
         from vllm import LLM, SamplingParams
 
-        self.llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=2048,
+        from echo_vllm.device import tool_dtype
+
+        self.llm = LLM(model=model, dtype=tool_dtype(), enforce_eager=True, max_model_len=2048,
                        kv_cache_memory_bytes=512 << 20, speculative_config=speculative_config)
         self.sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
 

@@ -37,4 +37,4 @@ def test_echo_settings_reach_a_ray_worker_inside_the_config(tiny_target, tiny_he
     finally:
         ray.shutdown()
     assert parse_echo_config(settings) == parse_echo_config({**ECHO, "model": tiny_head})
-    assert worker == "echo_vllm.worker.EchoCPUWorker"
+    assert worker == "echo_vllm.workers.cpu.EchoCPUWorker"

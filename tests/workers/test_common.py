@@ -4,7 +4,7 @@ import pytest
 from vllm.config import VllmConfig
 
 from echo_vllm.config import parse_echo_config
-from echo_vllm.worker import echo_config_of
+from echo_vllm.workers.common import echo_config_of
 
 
 @pytest.mark.parametrize("additional_config", [{}, {"other_plugin": {"x": 1}}], ids=["empty", "another_plugin"])
