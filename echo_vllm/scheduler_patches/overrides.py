@@ -284,6 +284,37 @@ ATTENTION = [
         vllm="0.32.*", why="tree rows recomputed after FlashAttention (GPU)", upstream=_NO_TREE_ATTN,
         remove_when=_TREE_ATTN_UPSTREAM,
     ),
+    VllmMethod(
+        device_type="cuda",
+        target="vllm.v1.attention.backends.fa_utils.flash_attn_varlen_func", kind="call", cuda_build_only=True,
+        params=("q", "k", "v", "max_seqlen_q", "cu_seqlens_q", "max_seqlen_k", "cu_seqlens_k", "seqused_k",
+                "q_v", "dropout_p", "softmax_scale", "causal", "window_size", "softcap", "alibi_slopes",
+                "deterministic", "return_attn_probs", "block_table", "return_softmax_lse", "out",
+                "scheduler_metadata", "q_descale", "k_descale", "v_descale", "num_splits", "output_scale",
+                "fa_version", "s_aux", "cp_world_size", "cp_rank", "cp_tot_seqused_k", "mask_mod",
+                "block_sparse_tensors", "aux_tensors", "aux_tensor_leading_dims", "dynamic_causal"),
+        vllm="0.32.*",
+        why="cascade tree attention: the prefix part, every tree node over its request's whole paged prefix "
+        "(non-causal), with its softmax LSE (kernels/gpu_backend.py, the drafter's PagedPrefix)",
+        upstream="a seam: vLLM's own cascade path calls it the same way", remove_when=_TREE_ATTN_UPSTREAM,
+    ),
+    VllmMethod(
+        target="vllm.v1.attention.ops.merge_attn_states.merge_attn_states", kind="call",
+        params=("output", "prefix_output", "prefix_lse", "suffix_output", "suffix_lse", "output_lse",
+                "prefill_tokens_with_context", "output_scale"),
+        vllm="0.32.*", why="cascade tree attention: merges the prefix part and the masked tree part by their LSEs",
+        upstream="a seam: vLLM's cascade attention merges the same way", remove_when=_TREE_ATTN_UPSTREAM,
+    ),
+    *(VllmAttribute(
+        device_type="cuda", target=f"{_FLASH_ATTN}.FlashAttentionImpl.{name}", kind="read",
+        set_in=f"{_FLASH_ATTN}.FlashAttentionImpl.__init__", vllm="0.32.*",
+        why=f"cascade tree attention reads the layer's {why}", upstream=_NO_TREE_ATTN, remove_when=_TREE_ATTN_UPSTREAM,
+    ) for name, why in (("vllm_flash_attn_version", "FlashAttention version"), ("head_size", "head size"))),
+    VllmAttribute(
+        target="vllm.v1.attention.backend.CommonAttentionMetadata.max_seq_len", kind="config", vllm="0.32.*",
+        why="the drafter bounds the longest prefix its tree steps read (no device sync for it)",
+        upstream=_NO_TREE_DRAFT, remove_when=_TREE_DRAFT_UPSTREAM,
+    ),
     VllmAttribute(
         device_type="cuda",
         target=f"{_FLASH_ATTN}.FlashAttentionMetadata.{METADATA_ATTRIBUTE}", kind="added", vllm="0.32.*",

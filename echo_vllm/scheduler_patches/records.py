@@ -85,6 +85,9 @@ class Declared:
     # the vLLM platform device type it applies to ("cpu", "cuda"); None: every platform.
     # Elsewhere it is never resolved: importing vLLM's CPU worker would patch torch process-wide.
     device_type: str | None = None
+    # defined only by vLLM's CUDA builds (not by the CPU wheel this project tests on): checked
+    # when a CUDA worker starts, not by the test suite on CPU
+    cuda_build_only: bool = False
 
     def applies_to(self, device_type: str) -> bool:
         return self.device_type in (None, device_type)

@@ -16,6 +16,7 @@ originals so tests can restore them. The record kinds and their checks are in re
 
 from __future__ import annotations
 
+import torch
 import vllm
 
 from echo_vllm.scheduler_patches import (
@@ -59,8 +60,11 @@ def all_patches() -> list[VllmPatch]:
 def check_all_overrides(device_type: str) -> None:
     """Raise, naming the vLLM internal, unless the installed vLLM still has everything echo
     relies on on this platform's device type ("cpu", "cuda"); the records of other platforms
-    are never resolved (their modules stay unimported)."""
+    are never resolved (their modules stay unimported), nor, without a GPU, what only vLLM's
+    CUDA builds define (`cuda_build_only`)."""
     for dependency in DEPENDENCIES:
+        if dependency.cuda_build_only and not torch.cuda.is_available():
+            continue
         dependency.check(vllm.__version__, device_type)
 
 
