@@ -41,6 +41,7 @@ __all__ = [
 
 PATCHES: tuple[VllmPatch, ...] = (
     patch_arg_utils.PATCH,
+    patch_arg_utils.CLI_PATCH,
     patch_input_processor.PATCH,
     patch_config.PATCH,
     patch_async_llm.PATCH,
