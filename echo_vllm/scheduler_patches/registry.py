@@ -45,6 +45,7 @@ PATCHES: tuple[VllmPatch, ...] = (
     patch_input_processor.PATCH,
     patch_config.PATCH,
     patch_async_llm.PATCH,
+    patch_async_llm.START_PATCH,
 )
 DEPENDENCIES: tuple[Declared, ...] = tuple(overrides.DEPENDENCIES)
 DECLARED: tuple[Declared, ...] = (*PATCHES, *DEPENDENCIES)
