@@ -172,6 +172,15 @@ def _positive(value: str) -> int:
     return number
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default after its help, where it has one."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from echo_vllm.assets.models import MODELS
     from echo_vllm.assets.prompts import DATASETS
@@ -188,28 +197,29 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(run=_prepare_model)
 
     train = commands.add_parser(
-        "train-draft",
+        "train-draft", formatter_class=_HelpWithDefaults,
         help="train an EAGLE-3 head on the target's own responses (resumes an interrupted run)",
     )
     train.add_argument("--target", required=True, help=f"a model directory or one of {sorted(MODELS)}")
     train.add_argument("--out", required=True, help="directory to write the head to")
-    train.add_argument("--prompts", type=_positive, default=1500, help="training prompts (default 1500)")
-    train.add_argument("--max-new-tokens", type=_positive, default=256)
-    train.add_argument("--draft-vocab-size", type=_positive, default=4096)
+    train.add_argument("--prompts", type=_positive, default=1500, help="training prompts (the target answers each)")
+    train.add_argument("--max-new-tokens", type=_positive, default=256, help="tokens the target writes per prompt")
+    train.add_argument("--draft-vocab-size", type=_positive, default=4096,
+                       help="the head's reduced vocabulary (d2t/t2d), the most frequent response tokens")
     defaults = TrainConfig()
-    train.add_argument("--epochs", type=_positive, default=defaults.epochs)
+    train.add_argument("--epochs", type=_positive, default=defaults.epochs, help="passes over the training data")
     train.add_argument("--ttt-steps", type=_positive, default=defaults.ttt_steps,
                        help="training-time-test unroll depth")
-    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--lr", type=float, default=defaults.lr, help="AdamW peak learning rate (warm-up, cosine)")
     train.add_argument("--batch-tokens", type=_positive, default=defaults.batch_tokens,
                        help="padded tokens per optimizer step")
-    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--seed", type=int, default=defaults.seed, help="prompts, data split and initialization")
     train.add_argument("--work-dir", help="where data and checkpoints go "
                        "(default $ECHO_VLLM_CACHE/training/<out name>)")
     train.set_defaults(run=_train_draft)
 
     calibrate = commands.add_parser(
-        "calibrate",
+        "calibrate", formatter_class=_HelpWithDefaults,
         help="find the gate's judge depth and threshold (the Sweet Spot) for a target and draft; "
         "writes the file speculative_config's calibration_file loads",
     )
@@ -217,17 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--draft", required=True, help="the EAGLE-3 head directory")
     calibrate.add_argument("--out", required=True, help="calibration file to write (JSON)")
     calibrate.add_argument("--prompts", default="training", choices=["training", *DATASETS],
-                           help="prompt source (default: the draft-training pool, no benchmark set)")
-    calibrate.add_argument("--num-prompts", type=_positive, default=128)
+                           help="prompt source ('training': the draft-training pool, no benchmark set)")
+    calibrate.add_argument("--num-prompts", type=_positive, default=128, help="prompts whose steps are recorded")
     calibrate.add_argument("--batch-size", type=_positive, default=16,
                            help="the serving batch size to choose the gate for (its costs per request-step)")
     calibrate.add_argument("--run-batch-size", type=_positive,
                            help="prompts run at once (default: --batch-size); the records do not depend on it, "
                            "only how long the run takes")
-    calibrate.add_argument("--max-tokens", type=_positive, default=128)
-    calibrate.add_argument("--steps", type=_positive, default=5)
-    calibrate.add_argument("--topk", type=_positive, default=8)
-    calibrate.add_argument("--num-draft-tokens", type=_positive, default=32)
+    calibrate.add_argument("--max-tokens", type=_positive, default=128, help="output tokens per prompt")
+    calibrate.add_argument("--steps", type=_positive, default=5, help="the tree calibrated: draft depth")
+    calibrate.add_argument("--topk", type=_positive, default=8, help="the tree calibrated: children per node")
+    calibrate.add_argument("--num-draft-tokens", type=_positive, default=32,
+                           help="the tree calibrated: verified nodes per request, root included")
     calibrate.add_argument("--remaining-num-draft-tokens", type=_positive,
                            help="verified nodes a gated request keeps (default: judge depth + 1)")
     calibrate.add_argument("--records", help="also save the raw records here (torch.save), for offline studies")
@@ -236,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     from echo_vllm.bench.plan import METHODS, TABLES
 
     bench = commands.add_parser(
-        "bench",
+        "bench", formatter_class=_HelpWithDefaults,
         help="latency (bs 1, per dataset) and throughput (by batch size) of each method against no "
         "speculation, interleaved runs; writes report.md, results.json and PNG plots",
     )
@@ -263,16 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", default="1,4,8,16,32,64", help="throughput table batch sizes")
     bench.add_argument("--input-tokens", type=int, default=100, help="throughput prompts nearest this length")
     bench.add_argument("--max-tokens", type=int, default=128, help="output tokens per request")
-    bench.add_argument("--repetitions", type=int, default=3)
-    bench.add_argument("--ddd-threshold", type=float, default=0.5)
-    bench.add_argument("--opt-tree-gain", type=float, default=0.1)
+    bench.add_argument("--repetitions", type=int, default=3,
+                       help="measured turns per method (after a warm-up), alternating with no speculation")
+    bench.add_argument("--ddd-threshold", type=float, default=0.5, help="policy ddd's frontier-probability threshold")
+    bench.add_argument("--opt-tree-gain", type=float, default=0.1,
+                       help="policy opt_tree's threshold: least expected accepted tokens one more depth must add")
     bench.add_argument("--out", default="bench-out/bench", help="output directory")
     bench.add_argument("--resume", action="store_true",
                        help="add to the results.json already in --out (same plan): only what it lacks is measured")
     bench.set_defaults(run=_bench)
 
     soak = commands.add_parser(
-        "soak",
+        "soak", formatter_class=_HelpWithDefaults,
         help="many concurrent clients (mixed sampling, n, stop strings, cancellations, prompts up to the "
         "context limit) against `vllm serve` with echo and a KV cache that forces preemption; checks "
         "nothing is lost, greedy answers equal no speculation's, no crash, no memory growth",
@@ -281,10 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--speculative-config", required=True,
                       help='the JSON given to vllm serve, e.g. \'{"method": "echo", "model": "HEAD"}\' '
                       '(one of vLLM\'s own methods, e.g. eagle3, runs the same soak for comparison)')
-    soak.add_argument("--requests", type=_positive, default=500)
+    soak.add_argument("--requests", type=_positive, default=500, help="requests sent in all")
     soak.add_argument("--clients", type=_positive, default=32, help="concurrent clients")
     soak.add_argument("--cancel-share", type=float, default=0.2, help="requests closed mid-stream")
-    soak.add_argument("--max-model-len", type=_positive, default=1024)
+    soak.add_argument("--max-model-len", type=_positive, default=1024,
+                      help="both servers' context length (the longest prompts fill it)")
     soak.add_argument("--kv-cache-mib", type=_positive, default=96,
                       help="the echo server's KV cache (small, to force preemption)")
     soak.add_argument("--seed", type=int, default=0, help="draws the requests")

@@ -193,6 +193,9 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
             f"{sorted(VALID_KEYS)}"
         )
 
+    if options.get("model") is None:
+        raise _fail("option 'model' is required: the local directory of an EAGLE-3 head trained for "
+                    "this target, e.g. {\"method\": \"echo\", \"model\": \"heads/smollm2-135m-eagle3\"}")
     options = _with_calibration_beside_head(options)
     if options.get("calibration_file") is not None:
         options = _with_calibration(options)

@@ -65,15 +65,22 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 class EchoMetrics:
     """Turns successive `stats()` snapshots into metrics and a log line."""
 
-    def __init__(self, model_name: str):
+    def __init__(self, model_name: str, judge_depth: tuple[int, ...] = ()):
         global _metrics
         if _metrics is None:
             _metrics = _create()
         self.metrics = _metrics
         self.model_name = model_name
         self.previous: dict | None = None
-        for key in COUNTERS:  # every counter on /metrics from the start, at 0
-            self.metrics[key].labels(model_name=model_name)
+        # Every series on /metrics from the start, at 0, as Prometheus clients expect (a series
+        # that appears later has no zero to take a rate from); the gate's per depth where the
+        # judge depths are known before the first step.
+        for metric in self.metrics.values():
+            if "depth" not in metric._labelnames:
+                metric.labels(model_name=model_name)
+        for depth in judge_depth:
+            for name in ("gate_pass_rate", "gate_threshold"):
+                self.metrics[name].labels(model_name=model_name, depth=str(depth))
 
     def observe(self, stats: dict) -> dict:
         """Update the metrics from a new snapshot; returns the interval's figures."""

@@ -23,17 +23,23 @@ are scheduled (`_echo_trees`, by request id).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import vllm
 from vllm.config import VllmConfig
+from vllm.distributed import get_tensor_model_parallel_rank
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
 from vllm.config.vllm import get_layers_from_vllm_config
 from vllm.forward_context import set_forward_context
 from vllm.v1.outputs import DraftTokenIds
 
-from echo_vllm.core.budget import CostModel, measurement_sizes
+from echo_vllm.core.budget import CostModel, compute_bound, measurement_sizes
+from echo_vllm.cost_cache import cost_key, cost_path, cpu_name, read_cost, write_cost
 from echo_vllm.core.commit import (
     accepted_moves,
     branching_trees,
@@ -199,23 +205,81 @@ class EchoRunnerMixin:
     # ---- the cost model behind echo's automatic budget --------------------------------
 
     def measure_target_cost(self, repeats: int = 5) -> CostModel:
-        """Time target passes of a few sizes, logits included (verification computes them at
-        every token it verifies); the auto budget starts from this cost model and refines it
-        online. The sizes take turns, `repeats` rounds, so a burst of other work on the
-        machine slows one pass of each size rather than every pass of one size (the model
-        keeps each size's fastest pass). Attention over the KV cache is left out (no
-        metadata), as in vLLM's own profiling passes; the online refinement adds it back."""
+        """The cost model of target passes, logits included (verification computes them at
+        every token it verifies): read from the cache when this model, machine and vLLM
+        measured it before (cost_cache.py), else measured and cached. The auto budget starts
+        from it and refines it online. Rank 0 decides and its model holds on every rank
+        (ranks must run the same passes: they all-reduce)."""
         max_tokens = min(self.scheduler_config.max_num_batched_tokens,
                          self.scheduler_config.max_num_seqs * self.echo_config.num_draft_tokens)
         sizes = measurement_sizes(max_tokens)
-        self._time_target_pass(max_tokens)  # first pass: allocation, not cost
-        tokens = [n for _ in range(repeats) for n in sizes]
-        seconds = [self._time_target_pass(n) for n in tokens]
+        key = self._cost_key(sizes)
+        path = cost_path(key)
+        cached = read_cost(path, key) if self._is_first_rank() else None
+        tokens, seconds = self._rank0_points(cached, len(sizes))
+        if tokens:
+            logger.info("echo-vllm: target pass cost model from cache %s", path)
+        else:
+            tokens, seconds = self._measure_cost(sizes, repeats, path)
+            if self._is_first_rank():
+                write_cost(path, key, tokens, seconds)
         cost = CostModel(tokens, seconds)
         self.echo_policy.cost_model = cost
         logger.info("echo-vllm: target pass cost model (tokens -> seconds): %s",
                     ", ".join(f"{t}: {s:.4f}" for t, s in zip(cost.to_dict()["tokens"], cost.to_dict()["seconds"])))
         return cost
+
+    def _measure_cost(self, sizes: list[int], repeats: int, path) -> tuple[list[int], list[float]]:
+        """Time passes of increasing size until they are compute-bound (beyond, the model
+        extends linearly), then `repeats` rounds over those sizes taking turns, so a burst of
+        other work on the machine slows one pass of each size rather than every pass of one
+        size (the model keeps each size's fastest pass). Attention over the KV cache is left
+        out (no metadata), as in vLLM's own profiling passes; the online refinement adds it."""
+        logger.info("echo-vllm: measuring the target pass cost model (passes of 1 to at most %d tokens, "
+                    "%d rounds); cached at %s", sizes[-1], repeats, path)
+        start = time.perf_counter()
+        self._time_target_pass(sizes[0])  # first pass: allocation, not cost
+        tokens: list[int] = []
+        seconds: list[float] = []
+        for n in sizes:
+            tokens.append(n)
+            seconds.append(self._time_target_pass(n))
+            (stop,) = same_on_every_rank([float(compute_bound(tokens, seconds))])
+            if stop:
+                break
+        logger.info("echo-vllm: cost model sizes %s; %d more passes, ~%.0f s", tokens,
+                    (repeats - 1) * len(tokens), (repeats - 1) * sum(seconds))
+        sizes = list(tokens)
+        for _ in range(repeats - 1):
+            tokens += sizes
+            seconds += [self._time_target_pass(n) for n in sizes]
+        logger.info("echo-vllm: cost model measured in %.1f s", time.perf_counter() - start)
+        return tokens, seconds
+
+    def _cost_key(self, sizes: list[int]) -> dict:
+        """What the measured times depend on (cost_cache.py)."""
+        model_config = self.model_config
+        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_name()
+        return cost_key(
+            model=model_config.model,
+            config_sha256=hashlib.sha256(model_config.hf_config.to_json_string().encode()).hexdigest(),
+            dtype=str(model_config.dtype), device=device, cpus=len(os.sched_getaffinity(0)),
+            threads=torch.get_num_threads(), vllm=vllm.__version__, eager=model_config.enforce_eager,
+            tensor_parallel=self.parallel_config.tensor_parallel_size, sizes=sizes,
+        )
+
+    def _is_first_rank(self) -> bool:
+        return get_tensor_model_parallel_rank() == 0
+
+    def _rank0_points(self, cached, num_sizes: int) -> tuple[list[int], list[float]]:
+        """Rank 0's cached (tokens, seconds) on every rank; ([], []) when it has none."""
+        tokens, seconds = cached or ([], [])
+        # one point per size: each size's fastest pass is all the model keeps
+        best = {t: min(s for u, s in zip(tokens, seconds) if u == t) for t in tokens}
+        padding = num_sizes - len(best)
+        shared = same_on_every_rank([float(len(best)), *best, *[0.0] * padding, *best.values(), *[0.0] * padding])
+        count = int(shared[0])
+        return [int(t) for t in shared[1:1 + count]], shared[1 + num_sizes:1 + num_sizes + count]
 
     def _time_target_pass(self, num_tokens: int) -> float:
         with set_forward_context(None, self.vllm_config, num_tokens=num_tokens):

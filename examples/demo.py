@@ -3,7 +3,9 @@
 Run after scripts/setup.sh (which prepares the model):  .venv/bin/python examples/demo.py
 
 Both engines stay alive and take turns (plain, echo, plain, echo, ...) so that drift on a
-shared machine hits both alike; the medians of the repetitions are compared. Greedy outputs
+shared machine hits both alike; the medians of the repetitions are compared. Two engines at
+once: each holds the float32 model (0.5 GiB) and a 1 GiB KV cache (ENGINE below), sized for a
+2-core, 24 GiB machine. Greedy outputs
 must be identical: speculation never changes what the target would have written.
 """
 

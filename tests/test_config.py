@@ -156,7 +156,7 @@ def test_unknown_key_lists_valid_options():
 
 
 def test_missing_model_is_refused():
-    with pytest.raises(ValueError, match="'model' must be a path"):
+    with pytest.raises(ValueError, match="option 'model' is required: the local directory of an EAGLE-3 head"):
         parse_echo_config({"method": "echo"})
 
 

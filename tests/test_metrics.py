@@ -44,3 +44,22 @@ def test_an_idle_interval_sets_no_gauge_and_logs_only_the_policy():
     interval = metrics.observe(snapshot(policy="static", judge_depth=[], threshold=[]))
     assert interval["mat"] is None and interval["budget_per_step"] is None
     assert EchoMetrics.log_line(snapshot(policy="static"), interval) == "echo: policy static"
+
+
+def test_every_series_is_on_metrics_at_zero_from_the_start():
+    from types import SimpleNamespace
+
+    from echo_vllm.scheduler_patches.patch_async_llm import start_echo_metrics
+
+    config = SimpleNamespace(additional_config={"echo": {"method": "echo", "judge_depth": [1, 2]}},
+                             model_config=SimpleNamespace(served_model_name="fresh"))
+    engine = SimpleNamespace(vllm_config=config)
+    start_echo_metrics(engine)
+    assert engine.echo_metrics.model_name == "fresh"
+    labels = {"model_name": "fresh"}
+    for name in ("echo_verified_steps_total", "echo_accepted_draft_tokens_total", "echo_mean_acceptance_length",
+                 "echo_draft_utilization", "echo_budget_per_step", "echo_calibrating"):
+        assert REGISTRY.get_sample_value(name, labels) == 0.0, name
+    for depth in ("1", "2"):
+        assert REGISTRY.get_sample_value("echo_gate_threshold", {**labels, "depth": depth}) == 0.0
+        assert REGISTRY.get_sample_value("echo_gate_pass_rate", {**labels, "depth": depth}) == 0.0

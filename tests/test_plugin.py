@@ -69,6 +69,20 @@ def test_spec_method_shorthand(tiny_target, tiny_head):
     assert args.create_engine_config().speculative_config.method == "eagle3"
 
 
+def test_spec_method_shorthand_on_the_command_line(tiny_target, tiny_head):
+    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())
+    args = parser.parse_args(["--model", tiny_target, "--dtype", "float32", "--skip-tokenizer-init",
+                              "--max-model-len", "1024", "--spec-method", "echo", "--spec-model", tiny_head])
+    config = AsyncEngineArgs.from_cli_args(args).create_engine_config()
+    assert parse_echo_config(config.additional_config["echo"]).model == tiny_head
+
+
+def test_method_in_the_wrong_case_gets_a_hint(tiny_target, tiny_head):
+    with pytest.raises(ValueError, match="lower-case: write \"method\": \"echo\", got 'ECHO'"):
+        EngineArgs(model=tiny_target, dtype="float32", skip_tokenizer_init=True, max_model_len=1024,
+                   speculative_config={"method": "ECHO", "model": tiny_head}).create_engine_config()
+
+
 def test_spec_tokens_shorthand_is_refused_for_echo(tiny_target, tiny_head):
     args = EngineArgs(model=tiny_target, dtype="float32", skip_tokenizer_init=True,
                       spec_method="echo", spec_model=tiny_head, spec_tokens=3)

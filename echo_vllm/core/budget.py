@@ -151,6 +151,21 @@ def measurement_sizes(max_tokens: int) -> list[int]:
     return sizes + [max_tokens]
 
 
+def compute_bound(tokens: list[int], seconds: list[float], min_share: float = 0.9) -> bool:
+    """Whether the last two steps between measured sizes each grew the pass time almost as
+    much as the tokens (time ratio >= min_share * token ratio): the pass is compute-bound
+    there, so the cost model's extension beyond its last point (the end slope) holds and
+    larger sizes need not be timed.
+
+    Worked example: tokens [64, 128, 256], seconds [.010, .019, .037] -> ratios 1.9 and
+    1.95 >= 0.9 * 2 -> True; seconds [.010, .011, .020] -> 1.1 < 1.8 -> False.
+    """
+    if len(tokens) < 3:
+        return False
+    return all(seconds[i + 1] / max(seconds[i], 1e-12) >= min_share * tokens[i + 1] / tokens[i]
+               for i in (len(tokens) - 3, len(tokens) - 2))
+
+
 def goodput_budget(node_values: torch.Tensor, num_requests: int, cost: CostModel, overhead_s: float) -> int:
     """The budget G (draft tokens) with the best expected goodput for this step.
 

@@ -7,6 +7,10 @@ validated there (before any weight loads), carried to every process inside
 `VllmConfig.additional_config["echo"]` (pickled with the config, so Ray and multiprocessing
 workers see them), and echo's worker class is selected through `ParallelConfig.worker_cls`.
 Underneath, vLLM runs its EAGLE-3 machinery with echo's classes plugged in.
+
+A second patch adds 'echo' to the choices of the `--spec-method` shorthand, which vLLM's
+parser takes from the same closed Literal (`AsyncEngineArgs.add_cli_args` loads the plugins
+before it builds the engine arguments, so the patch is in place when `vllm serve` parses).
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ def echo_options(engine_args: Any) -> dict[str, Any] | None:
     Folds in the `--spec-method` / `--spec-model` shorthands the way vLLM does.
     """
     options = dict(engine_args.speculative_config or {})
-    if (engine_args.spec_method or options.get("method")) != METHOD:
+    method = engine_args.spec_method or options.get("method")
+    if isinstance(method, str) and method != METHOD and method.lower() == METHOD:
+        raise ValueError(f"echo-vllm: speculative method names are lower-case: write "
+                         f"\"method\": \"{METHOD}\", got {method!r}")
+    if method != METHOD:
         return None
     for flag, key, value in (
         ("--spec-method", "method", engine_args.spec_method),
@@ -144,4 +152,35 @@ PATCH = VllmPatch(
     upstream="none: vLLM has no registry of speculative methods (RFC #36219 proposes one)",
     remove_when="vLLM offers a speculative-method registry",
     wrap=_wrap_create_speculative_config,
+)
+
+
+def add_echo_choice(parser: Any) -> None:
+    """Let `--spec-method` take 'echo' (vLLM lists its own methods as the choices)."""
+    for action in parser._actions:
+        if "--spec-method" in action.option_strings and action.choices is not None \
+                and METHOD not in action.choices:
+            action.choices = [METHOD, *action.choices]
+
+
+def _wrap_add_cli_args(original):
+    function = original.__func__ if isinstance(original, staticmethod) else original
+
+    @functools.wraps(function)
+    def add_cli_args(parser):
+        parser = function(parser)
+        add_echo_choice(parser)
+        return parser
+
+    return staticmethod(add_cli_args)
+
+
+CLI_PATCH = VllmPatch(
+    target="vllm.engine.arg_utils.EngineArgs.add_cli_args",
+    vllm="0.32.*",
+    why="let the documented shorthand `--spec-method echo` through argparse: vLLM takes the choices of "
+    "--spec-method from SpeculativeConfig.method's closed Literal",
+    upstream="none: vLLM has no registry of speculative methods (RFC #36219 proposes one)",
+    remove_when="vLLM offers a speculative-method registry that its CLI choices read",
+    wrap=_wrap_add_cli_args,
 )

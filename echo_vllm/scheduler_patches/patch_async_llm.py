@@ -6,7 +6,8 @@ serves its own registry). Echo's counters are cumulative, so reading them once p
 interval loses nothing: the wrapped `do_log_stats` (the server's periodic stats call) fetches
 them from the workers through vLLM's collective RPC (`EchoRPC.echo_stats`, tensor-parallel rank
 0's answer), updates the `echo_` metrics (echo_vllm/metrics.py) and logs echo's line after
-vLLM's own lines. Nothing happens when echo is not the speculative method, or when stats are off.
+vLLM's own lines. The wrapped `AsyncLLM.__init__` creates the series at 0 when the server
+starts. Nothing happens when echo is not the speculative method, or when stats are off.
 """
 
 from __future__ import annotations
@@ -45,6 +46,27 @@ async def report_echo_stats(engine) -> None:
     log(0, engine.echo_metrics.log_line(stats, interval), idle)
 
 
+def start_echo_metrics(engine) -> None:
+    """Create echo's series at 0 when the engine client starts, so that /metrics lists them
+    before the first stats interval."""
+    from echo_vllm.metrics import EchoMetrics
+
+    options = engine.vllm_config.additional_config[ADDITIONAL_CONFIG_KEY]
+    judge_depth = options.get("judge_depth") or ()
+    engine.echo_metrics = EchoMetrics(engine.vllm_config.model_config.served_model_name,
+                                      tuple(judge_depth) if isinstance(judge_depth, list) else (judge_depth,))
+
+
+def _wrap_init(original):
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        if self.logger_manager is not None and _echo_selected(self):
+            start_echo_metrics(self)
+
+    return __init__
+
+
 def _wrap_do_log_stats(original):
     @functools.wraps(original)
     async def do_log_stats(self) -> None:
@@ -64,4 +86,16 @@ PATCH = VllmPatch(
     remove_when="vLLM stats carry per-method speculative-decoding state, or stat-logger plugins get the "
     "engine client",
     wrap=_wrap_do_log_stats,
+)
+
+
+START_PATCH = VllmPatch(
+    target="vllm.v1.engine.async_llm.AsyncLLM.__init__",
+    vllm="0.32.*",
+    why="create the echo_ Prometheus series at 0 when the server's engine client starts, so a scrape "
+    "before the first stats interval finds them (they are updated at each interval by do_log_stats)",
+    upstream="none: stat-logger plugins are built without the engine client echo reads its workers through",
+    remove_when="vLLM stats carry per-method speculative-decoding state, or stat-logger plugins get the "
+    "engine client",
+    wrap=_wrap_init,
 )

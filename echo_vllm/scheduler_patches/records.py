@@ -255,6 +255,8 @@ def apply(patch: VllmPatch, installed_vllm: str) -> None:
         return
     replacement = patch.wrap(current)
     setattr(replacement, _MARK, patch.target)
+    if isinstance(replacement, staticmethod):  # getattr(owner, name) gives the function inside
+        setattr(replacement.__func__, _MARK, patch.target)
     _originals[patch.target] = current
     setattr(owner, name, replacement)
 

@@ -44,9 +44,11 @@ __all__ = [
 
 PATCHES: tuple[VllmPatch, ...] = (
     patch_arg_utils.PATCH,
+    patch_arg_utils.CLI_PATCH,
     patch_input_processor.PATCH,
     patch_config.PATCH,
     patch_async_llm.PATCH,
+    patch_async_llm.START_PATCH,
 )
 DEPENDENCIES: tuple[Declared, ...] = (*overrides.DEPENDENCIES, *overrides_cpu.DEPENDENCIES)
 DECLARED: tuple[Declared, ...] = (*PATCHES, *DEPENDENCIES)

@@ -7,6 +7,9 @@ scripts/setup.sh, on this machine (a local Ray instance on loopback, CPU actors)
 
     .venv/bin/python examples/ray/batch_inference.py --actors 2 --limit 16
 
+`--actors 2` keeps two engines alive at once, one per actor, each with the float32 model
+(0.5 GiB) and a 512 MiB KV cache: sized for a 2-core, 24 GiB machine (one core per actor).
+
 On a GPU cluster, connect to it instead (`ray.init("auto")`), give each actor `num_gpus`
 (its tensor-parallel size) instead of CPUs, and drop the CPU-only engine settings.
 """

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from echo_vllm.core.budget import (
+    compute_bound,
     AcceptanceCurve,
     CostModel,
     Exploration,
@@ -114,6 +115,13 @@ def test_cost_model_shape_survives_a_burst_during_start_up():
     rounds = [[1.00, 1.06, 1.12], [1.40, 1.48, 1.57], [1.01, 1.07, 1.12]]
     cost = CostModel([1, 2, 4] * 3, [s for round_ in rounds for s in round_])
     assert torch.allclose(cost(torch.tensor([1, 2, 4])), torch.tensor([1.00, 1.06, 1.12], dtype=torch.float64))
+
+
+def test_compute_bound_needs_two_doublings_that_almost_double_the_time():
+    assert compute_bound([64, 128, 256], [0.010, 0.019, 0.037])
+    assert not compute_bound([64, 128, 256], [0.010, 0.011, 0.020])  # the first doubling was nearly free
+    assert not compute_bound([128, 256], [0.019, 0.037])  # one doubling is not enough
+    assert compute_bound([256, 512, 600], [0.037, 0.074, 0.087])  # the last step need not be a doubling
 
 
 def test_goodput_budget_worked_example_and_load():

@@ -1,0 +1,62 @@
+"""The target-pass cost model: measured once per (model, machine, vLLM, sizes), read from the
+cache afterwards (the runner's measuring loop driven by fake pass times, no engine)."""
+
+import pytest
+
+from echo_vllm import cost_cache, runner
+from echo_vllm.cost_cache import cost_key, cost_path, read_cost, write_cost
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ECHO_VLLM_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_a_cost_is_read_back_only_for_its_own_key(cache):
+    key = cost_key(model="/m", sizes=[1, 2, 4])
+    path = cost_path(key)
+    assert path.parent == cache / "cost_models"
+    assert read_cost(path, key) is None
+    write_cost(path, key, [1, 2, 4, 1, 2, 4], [0.1, 0.2, 0.4, 0.1, 0.2, 0.3])
+    assert read_cost(path, key) == ([1, 2, 4, 1, 2, 4], [0.1, 0.2, 0.4, 0.1, 0.2, 0.3])
+    assert read_cost(path, cost_key(model="/m", sizes=[1, 2, 4, 8])) is None
+    path.write_text("{not json")
+    assert read_cost(path, key) is None
+
+
+def test_keys_differ_by_what_the_times_depend_on():
+    assert cost_path(cost_key(model="/m", dtype="float32")) != cost_path(cost_key(model="/m", dtype="bfloat16"))
+    assert cost_key(model="/m")["format"] == cost_cache.FORMAT
+
+
+class FakeRunner(runner.EchoRunnerMixin):
+    """The mixin's measuring methods over a fake target whose pass costs 1 ms per token
+    beyond 8 tokens (compute-bound from 16 on) and 8 ms below."""
+
+    def __init__(self):  # no vLLM runner underneath
+        self.passes = []
+        self.echo_policy = type("Policy", (), {"cost_model": None})()
+
+    def _time_target_pass(self, num_tokens):
+        self.passes.append(num_tokens)
+        return 0.001 * max(num_tokens, 8)
+
+    def _cost_key(self, sizes):
+        return cost_key(model="/fake", sizes=sizes)
+
+    scheduler_config = type("Scheduler", (), {"max_num_batched_tokens": 2048, "max_num_seqs": 16})()
+    echo_config = type("Echo", (), {"num_draft_tokens": 32})()
+
+
+def test_measured_until_compute_bound_then_read_from_the_cache(monkeypatch):
+    monkeypatch.setattr(runner, "get_tensor_model_parallel_rank", lambda: 0)
+    monkeypatch.setattr(runner, "same_on_every_rank", lambda values: values)
+    first = FakeRunner()
+    cost = first.measure_target_cost(repeats=3)
+    # sizes 1..32 (16 -> 32 and 8 -> 16 doubled the time), not up to min(2048, 16 * 32) = 512
+    assert cost.to_dict()["tokens"] == [1, 2, 4, 8, 16, 32]
+    assert first.passes == [1] + [1, 2, 4, 8, 16, 32] * 3
+    again = FakeRunner()
+    assert again.measure_target_cost().to_dict() == cost.to_dict() and again.passes == []
+    assert again.echo_policy.cost_model is not None
