@@ -2,6 +2,7 @@
 
 from prometheus_client import REGISTRY
 
+from echo_vllm.config import parse_echo_config
 from echo_vllm.metrics import COUNTERS, EchoMetrics
 
 ZERO = {key: 0 for key in COUNTERS}
@@ -51,10 +52,18 @@ def test_every_series_is_on_metrics_at_zero_from_the_start():
 
     from echo_vllm.scheduler_patches.patch_async_llm import start_echo_metrics
 
-    config = SimpleNamespace(additional_config={"echo": {"method": "echo", "judge_depth": [1, 2]}},
-                             model_config=SimpleNamespace(served_model_name="fresh"))
-    engine = SimpleNamespace(vllm_config=config)
-    start_echo_metrics(engine)
+    def engine_with(name, **options):
+        echo = parse_echo_config({"method": "echo", "model": "/heads/x", **options}).to_dict()
+        config = SimpleNamespace(additional_config={"echo": echo}, model_config=SimpleNamespace(served_model_name=name))
+        engine = SimpleNamespace(vllm_config=config)
+        start_echo_metrics(engine)
+        return engine
+
+    # a static tree has no judge depth: no gate series (not one labelled "()")
+    engine_with("static", policy="static")
+    assert not [s for m in REGISTRY.collect() for s in m.samples
+                if s.labels.get("model_name") == "static" and "depth" in s.labels]
+    engine = engine_with("fresh", steps=3, judge_depth=[1, 2], threshold=[0.5, 0.25])
     assert engine.echo_metrics.model_name == "fresh"
     labels = {"model_name": "fresh"}
     for name in ("echo_verified_steps_total", "echo_accepted_draft_tokens_total", "echo_mean_acceptance_length",

@@ -49,12 +49,12 @@ async def report_echo_stats(engine) -> None:
 def start_echo_metrics(engine) -> None:
     """Create echo's series at 0 when the engine client starts, so that /metrics lists them
     before the first stats interval."""
+    from echo_vllm.config import parse_echo_config
     from echo_vllm.metrics import EchoMetrics
 
-    options = engine.vllm_config.additional_config[ADDITIONAL_CONFIG_KEY]
-    judge_depth = options.get("judge_depth") or ()
-    engine.echo_metrics = EchoMetrics(engine.vllm_config.model_config.served_model_name,
-                                      tuple(judge_depth) if isinstance(judge_depth, list) else (judge_depth,))
+    # parsed again: a calibration file's judge depths are not in the options themselves
+    echo = parse_echo_config(engine.vllm_config.additional_config[ADDITIONAL_CONFIG_KEY])
+    engine.echo_metrics = EchoMetrics(engine.vllm_config.model_config.served_model_name, echo.judge_depth)
 
 
 def _wrap_init(original):

@@ -10,6 +10,8 @@ in tests/scheduler_patches/test_batch_policy.py). Patterns of drafted and undraf
 forced through the batch policy's decision to exercise the owed rows and their catch-up.
 """
 
+import time
+
 import pytest
 import torch
 from vllm import LLM, SamplingParams
@@ -43,8 +45,15 @@ def generate(llm, prompts):
     return token_ids(llm.generate(prompts, GREEDY, use_tqdm=False))
 
 
-def owed_rows(llm):
-    (rows,) = llm.collective_rpc(lambda wrapper: wrapper.model_runner.drafter.owed_kv.rows)
+def owed_rows(llm, tries: int = 20):
+    """What the drafter still keeps once the engine has told it of the finished requests. vLLM
+    tells the workers in the engine's next step (one it runs with no tokens when nothing is
+    left), which may come after this RPC was served: ask again until that step has run."""
+    for _ in range(tries):
+        (rows,) = llm.collective_rpc(lambda wrapper: wrapper.model_runner.drafter.owed_kv.rows)
+        if not rows:
+            break
+        time.sleep(0.1)
     return rows
 
 
