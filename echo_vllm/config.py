@@ -180,60 +180,14 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
     listed), wrong types, out-of-range values, inconsistent combinations, and options whose
     behaviour is not supported yet. Dashes in keys are read as underscores, as vLLM does.
     """
-    options = {str(k).replace("-", "_"): v for k, v in options.items()}
-    if options.get("method") != METHOD:
-        raise _fail(f"'method' must be {METHOD!r}, got {options.get('method')!r}")
-    unknown = sorted(set(options) - set(VALID_KEYS))
-    if unknown:
-        hint = ""
-        if "num_speculative_tokens" in unknown:
-            hint = " (echo sizes its drafts with 'steps', 'topk' and 'num_draft_tokens')"
-        raise _fail(
-            f"has unknown option(s) {unknown}{hint}; valid options for method 'echo': "
-            f"{sorted(VALID_KEYS)}"
-        )
-
-    if options.get("model") is None:
-        raise _fail("option 'model' is required: the local directory of an EAGLE-3 head trained for "
-                    "this target, e.g. {\"method\": \"echo\", \"model\": \"heads/smollm2-135m-eagle3\"}")
+    options = _checked_keys({str(k).replace("-", "_"): v for k, v in options.items()})
     options = _with_calibration_beside_head(options)
     if options.get("calibration_file") is not None:
         options = _with_calibration(options)
     policy = _choice(options, "policy", "static" if options.get("steps") == 1 else "echo", POLICIES)
-    default_tree = SEED_TREE if policy == "echo" else STATIC_TREE
-    steps = _int(options, "steps", default_tree["steps"], 1, MAX_STEPS)
-    topk = _int(options, "topk", default_tree["topk"], 1, MAX_TOPK)
-    max_nodes = 1 + min(pool_size(steps, topk), MAX_DRAFT_TOKENS)
-    default_nodes = min(max_nodes, DEFAULT_NUM_DRAFT_TOKENS)
-    if options.get("num_draft_tokens") is not None:
-        # Checked against the tree shape first: that is the mistake users make.
-        _int(options, "num_draft_tokens", None, 2, 1 + MAX_DRAFT_TOKENS)
-        if options["num_draft_tokens"] > max_nodes:
-            raise _fail(
-                f"option 'num_draft_tokens' = {options['num_draft_tokens']} is larger than a "
-                f"tree with steps = {steps} and topk = {topk} can produce: at most {max_nodes} "
-                f"nodes (the root plus {max_nodes - 1} drafts)"
-            )
-    num_draft_tokens = _int(options, "num_draft_tokens", default_nodes, 2, max_nodes)
-
-    judge_depth = _int_list(options, "judge_depth", 1, max(1, steps - 1))
-    _check_policy_keys(options, policy, steps)
-    if policy == "ddd" and not judge_depth:
-        judge_depth = tuple(range(1, steps))  # DDD checks after every depth
-    threshold = _float_list(options, "threshold", 0.0, 1.0)
-    if policy in ("ddd", "opt_tree") and len(threshold) != 1:
-        raise _fail(f"option 'threshold' must be one number for policy '{policy}', got {options.get('threshold')!r}")
-    if policy == "echo" and len(threshold) != len(judge_depth):
-        raise _fail(
-            f"option 'threshold' must give one value per judge depth {list(judge_depth)}, "
-            f"got {list(threshold)}"
-        )
-    # a gated request keeps by default its best path down to the first judge depth
-    # (online calibration picks it with the judge depth when none is given)
-    default_remaining = min(judge_depth[0] + 1, num_draft_tokens) if policy == "echo" and judge_depth else None
-    remaining = _int(options, "remaining_num_draft_tokens", default_remaining, 1, num_draft_tokens)
-
-    config = EchoConfig(
+    steps, topk, num_draft_tokens = _tree_shape(options, SEED_TREE if policy == "echo" else STATIC_TREE)
+    judge_depth, threshold, remaining = _gate(options, policy, steps, num_draft_tokens)
+    return EchoConfig(
         model=_path(options, "model", required=True),
         steps=steps,
         topk=topk,
@@ -250,7 +204,65 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
                                1, 1_000_000),
         vllm_options={k: options[k] for k in VLLM_PASSTHROUGH_KEYS if k in options},
     )
-    return config
+
+
+def _checked_keys(options: dict[str, Any]) -> dict[str, Any]:
+    """The options, once the method is echo's, every key is known and the head is named."""
+    if options.get("method") != METHOD:
+        raise _fail(f"'method' must be {METHOD!r}, got {options.get('method')!r}")
+    unknown = sorted(set(options) - set(VALID_KEYS))
+    if unknown:
+        hint = ""
+        if "num_speculative_tokens" in unknown:
+            hint = " (echo sizes its drafts with 'steps', 'topk' and 'num_draft_tokens')"
+        raise _fail(
+            f"has unknown option(s) {unknown}{hint}; valid options for method 'echo': "
+            f"{sorted(VALID_KEYS)}"
+        )
+    if options.get("model") is None:
+        raise _fail("option 'model' is required: the local directory of an EAGLE-3 head trained for "
+                    "this target, e.g. {\"method\": \"echo\", \"model\": \"heads/smollm2-135m-eagle3\"}")
+    return options
+
+
+def _tree_shape(options: Mapping[str, Any], default_tree: Mapping[str, int]) -> tuple[int, int, int]:
+    """(steps, topk, num_draft_tokens), the draft count checked against what the tree can hold."""
+    steps = _int(options, "steps", default_tree["steps"], 1, MAX_STEPS)
+    topk = _int(options, "topk", default_tree["topk"], 1, MAX_TOPK)
+    max_nodes = 1 + min(pool_size(steps, topk), MAX_DRAFT_TOKENS)
+    if options.get("num_draft_tokens") is not None:
+        # Checked against the tree shape first: that is the mistake users make.
+        _int(options, "num_draft_tokens", None, 2, 1 + MAX_DRAFT_TOKENS)
+        if options["num_draft_tokens"] > max_nodes:
+            raise _fail(
+                f"option 'num_draft_tokens' = {options['num_draft_tokens']} is larger than a "
+                f"tree with steps = {steps} and topk = {topk} can produce: at most {max_nodes} "
+                f"nodes (the root plus {max_nodes - 1} drafts)"
+            )
+    num_draft_tokens = _int(options, "num_draft_tokens", min(max_nodes, DEFAULT_NUM_DRAFT_TOKENS), 2, max_nodes)
+    return steps, topk, num_draft_tokens
+
+
+def _gate(options: Mapping[str, Any], policy: str, steps: int,
+          num_draft_tokens: int) -> tuple[tuple[int, ...], tuple[float, ...], int | None]:
+    """(judge_depth, threshold, remaining_num_draft_tokens) as the policy reads them."""
+    judge_depth = _int_list(options, "judge_depth", 1, max(1, steps - 1))
+    _check_policy_keys(options, policy, steps)
+    if policy == "ddd" and not judge_depth:
+        judge_depth = tuple(range(1, steps))  # DDD checks after every depth
+    threshold = _float_list(options, "threshold", 0.0, 1.0)
+    if policy in ("ddd", "opt_tree") and len(threshold) != 1:
+        raise _fail(f"option 'threshold' must be one number for policy '{policy}', got {options.get('threshold')!r}")
+    if policy == "echo" and len(threshold) != len(judge_depth):
+        raise _fail(
+            f"option 'threshold' must give one value per judge depth {list(judge_depth)}, "
+            f"got {list(threshold)}"
+        )
+    # a gated request keeps by default its best path down to the first judge depth
+    # (online calibration picks it with the judge depth when none is given)
+    default_remaining = min(judge_depth[0] + 1, num_draft_tokens) if policy == "echo" and judge_depth else None
+    remaining = _int(options, "remaining_num_draft_tokens", default_remaining, 1, num_draft_tokens)
+    return judge_depth, threshold, remaining
 
 
 # Which options each policy reads; any other policy refuses them rather than ignore them.
