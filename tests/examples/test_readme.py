@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from echo_vllm.launcher_shim import installed_version, write_shim
-from echo_vllm.serving import free_port, tcmalloc_preload
+from echo_vllm.serving import free_port, stop, tcmalloc_preload
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,9 +88,4 @@ def test_served_command_and_client_call(smollm2, user_env, tmp_path):
         answer = run_python(client.replace("127.0.0.1:8000", f"127.0.0.1:{port}"), tmp_path / "client.py", user_env)
         assert answer.strip()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
