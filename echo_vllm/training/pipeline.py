@@ -1,5 +1,9 @@
 """`echo-vllm train-draft`: prompts -> target responses -> hidden states -> trained head.
 
+Besides the prompts the target answers, `answered` ShareGPT conversations may be added with
+the dataset's own answers: they cost no generation, and the head still learns the target's
+distribution at each of their positions (the default loss, "kl").
+
 Every stage keeps its results in a work directory (default
 $ECHO_VLLM_CACHE/training/<output name>) and skips what is already there, so an interrupted
 run started again with the same command resumes; other settings in the same work directory
@@ -24,13 +28,21 @@ from safetensors.torch import load_file, save_file
 
 from echo_vllm.assets.models import cache_dir
 from echo_vllm.draft_head import default_aux_layer_ids, head_config
-from echo_vllm.training.data import capture_features, draft_vocabulary, generate_responses, load_sequences
+from echo_vllm.training.data import (
+    TEACHER_TOPK,
+    answered_samples,
+    capture_features,
+    draft_vocabulary,
+    generate_responses,
+    load_sequences,
+)
 from echo_vllm.training.head import Eagle3Head
-from echo_vllm.training.prompt_pool import training_prompts
+from echo_vllm.training.prompt_pool import answered_exchanges, training_prompts
 from echo_vllm.training.train import TrainConfig, train
 
 # bytes of features per token (three bf16 hidden states) times a generous tokens-per-prompt
 FEATURE_BYTES_PER_PROMPT = 3 * 2 * 1024
+CAPTURE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def read_target(target: str) -> dict:
@@ -70,17 +82,21 @@ def prepare_work_dir(work: Path, settings: dict, num_prompts: int, hidden_size: 
 
 
 def train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, draft_vocab_size: int,
-                train_config: TrainConfig, work_dir: str | None = None) -> dict:
+                train_config: TrainConfig, work_dir: str | None = None, answered: int = 0,
+                capture_precision: str = "bf16") -> dict:
     """Build the head for `target` into `out` (vLLM's eagle3 / echo load it). Returns the summary."""
+    if capture_precision not in CAPTURE_DTYPES:
+        raise ValueError(f"echo-vllm: capture precision {capture_precision!r} is not one of {list(CAPTURE_DTYPES)}")
     with ProcessTreeMemory() as memory:
-        summary = _train_draft(target, out, num_prompts, max_new_tokens, draft_vocab_size, train_config, work_dir)
+        summary = _train_draft(target, out, num_prompts, max_new_tokens, draft_vocab_size, train_config, work_dir,
+                               answered, capture_precision)
     summary["peak_rss_gib"] = round(memory.peak_bytes / 2**30, 2)
     export_summary(Path(out), summary)
     return summary
 
 
 def _train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, draft_vocab_size: int,
-                 train_config: TrainConfig, work_dir: str | None) -> dict:
+                 train_config: TrainConfig, work_dir: str | None, answered: int, capture_precision: str) -> dict:
     started = time.time()
     target_config = read_target(target)
     layer_ids = default_aux_layer_ids(target_config["num_hidden_layers"])
@@ -91,8 +107,9 @@ def _train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, d
     data_settings = {"target": str(Path(target).resolve()), "num_prompts": num_prompts,
                      "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
                      "max_new_tokens": max_new_tokens, "aux_layer_ids": list(layer_ids),
-                     "seed": train_config.seed}
-    prepare_work_dir(work, data_settings, num_prompts, target_config["hidden_size"])
+                     "seed": train_config.seed, "answered": answered, "capture_precision": capture_precision,
+                     "teacher_topk": TEACHER_TOPK}
+    prepare_work_dir(work, data_settings, num_prompts + answered, target_config["hidden_size"])
     train_settings = json.dumps({"draft_vocab_size": draft_vocab_size, **asdict(train_config)}, sort_keys=True)
     checkpoint = work / f"checkpoint-{hashlib.sha256(train_settings.encode()).hexdigest()[:12]}.pt"
 
@@ -101,11 +118,13 @@ def _train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, d
     samples = generate_responses(target, prompts, max_new_tokens, work / "responses.jsonl")
     phase_seconds = {"generate": round(time.time() - phase_started)}
     phase_started = time.time()
-    shards = capture_features(target, samples, layer_ids, work / "features")
+    dtype = CAPTURE_DTYPES[capture_precision]
+    shards = capture_features(target, samples, layer_ids, work / "features", dtype)
+    if answered:
+        answered_data = answered_samples(target, answered_exchanges(answered, prompts, seed=train_config.seed))
+        shards += capture_features(target, answered_data, layer_ids, work / "answered_features", dtype)
     phase_seconds["capture"] = round(time.time() - phase_started)
-    d2t, t2d, coverage = draft_vocabulary(samples, target_config["vocab_size"], draft_vocab_size)
-    t2d_index = torch.full((target_config["vocab_size"],), -100, dtype=torch.int64)
-    t2d_index[t2d] = torch.arange(draft_vocab_size)
+    d2t, t2d, t2d_index, coverage = vocabulary_maps(samples, target_config["vocab_size"], draft_vocab_size)
 
     config = head_config(target_config, draft_vocab_size, layer_ids)
     torch.manual_seed(train_config.seed)
@@ -114,21 +133,46 @@ def _train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, d
     phase_started = time.time()
     summary = train(head, data, t2d_index, train_config, checkpoint)
     phase_seconds["train"] = round(time.time() - phase_started)
+    phase_seconds = accumulated_phase_seconds(work / "phase_seconds.json", phase_seconds, checkpoint.stem)
     summary.update({
         "command": " ".join(["echo-vllm", *sys.argv[1:]]) if sys.argv[0].endswith("echo-vllm") else None,
         "target": Path(target).name,
         "prompts": len(samples),
         "response_tokens": sum(len(s.response_ids) for s in samples),
+        "answered": answered,
+        "capture_precision": capture_precision,
         "sequence_tokens": int(data.offsets[-1]),
         "draft_vocab_size": draft_vocab_size,
         "draft_vocab_coverage": round(coverage, 4),
         "train_config": asdict(train_config),
         "wall_time_s": round(time.time() - started),
         "phase_seconds": phase_seconds,
+        "compute_time_s": sum(phase_seconds.values()),
         "resumed_earlier_work": resumed,
     })
     export_head(head, config, d2t, t2d, Path(out))
     return summary
+
+
+def vocabulary_maps(samples, vocab_size: int, draft_vocab_size: int):
+    """The draft vocabulary of `samples`' responses (the target's own outputs: what it will
+    draft): d2t, t2d, t2d_index (target id -> draft id, -100 outside) and the coverage."""
+    d2t, t2d, coverage = draft_vocabulary(samples, vocab_size, draft_vocab_size)
+    t2d_index = torch.full((vocab_size,), -100, dtype=torch.int64)
+    t2d_index[t2d] = torch.arange(draft_vocab_size)
+    return d2t, t2d, t2d_index, coverage
+
+
+def accumulated_phase_seconds(path: Path, this_run: dict, checkpoint_name: str) -> dict:
+    """Each phase's seconds summed over every run that worked on it (an interrupted run's
+    work is kept, so its time counts). Training is counted per checkpoint: other training
+    settings on the same data start their own."""
+    totals = json.loads(path.read_text()) if path.exists() else {}
+    keys = {"generate": "generate", "capture": "capture", "train": f"train {checkpoint_name}"}
+    for phase, key in keys.items():
+        totals[key] = totals.get(key, 0) + this_run[phase]
+    path.write_text(json.dumps(totals, indent=2))
+    return {phase: totals[key] for phase, key in keys.items()}
 
 
 def export_head(head: Eagle3Head, config: dict, d2t: torch.Tensor, t2d: torch.Tensor, out: Path) -> None:
@@ -175,19 +219,45 @@ Produced by `echo-vllm train-draft` (echo-vllm), written by it with this card:
   (covering {summary['draft_vocab_coverage']:.1%} of the training responses' tokens), bf16 weights. Loads with vLLM's
   `eagle3` method and with echo.
 - Data: {summary['prompts']} training prompts (reasoning-gym tasks, Python standard-library code prompts,
-  instruction templates; none from the benchmark sets), the target's greedy responses: {summary['response_tokens']}
-  response tokens, {summary['sequence_tokens']} tokens with the prompts; {summary['train_sequences']} sequences for
-  training, {summary['val_sequences']} held out.
-- Training: {train['epochs']} epochs, {summary['optimizer_steps']} optimizer steps, training-time test over
+  instruction templates, ShareGPT user turns; none from the benchmark sets), the target's greedy responses:
+  {summary['response_tokens']} response tokens; {answered_line(summary)}{summary['sequence_tokens']} tokens in all
+  with the prompts; {summary['train_sequences']} sequences for training, {summary['val_sequences']} held out. The
+  target's top-{TEACHER_TOPK} next-token distribution captured at every position, the target run in
+  {summary['capture_precision']}.
+- Training: loss {train['loss']} ({LOSS_NAMES[train['loss']]}), {train['precision']} matrix products,
+  {train['epochs']} epochs, {summary['optimizer_steps']} optimizer steps, training-time test over
   {train['ttt_steps']} steps, AdamW lr {train['lr']}, warm-up {train['warmup_fraction']:.0%} then cosine, gradient
   clipping {train['grad_clip']}, {train['batch_tokens']} padded tokens per batch, seed {train['seed']}.
 - Validation top-1 accuracy by draft depth (the head fed its own hidden states): {depths};
   validation loss {final['val_loss']}.
-- Wall time {summary['wall_time_s']} s for {"this run, which resumed earlier work" if summary['resumed_earlier_work']
-  else "the whole command"} on a 2-core CPU (generation {phases['generate']} s, hidden states
-  {phases['capture']} s, training {phases['train']} s); peak resident memory {summary['peak_rss_gib']} GiB (this
-  process and the vLLM engine's processes together, sampled every second).
-"""
+- Compute time {summary['compute_time_s']} s on a 2-core CPU, every run that worked on this head counted
+  (generation {phases['generate']} s, hidden states {phases['capture']} s, training {phases['train']} s); wall time
+  {summary['wall_time_s']} s for {"the last run, which resumed earlier work" if summary['resumed_earlier_work']
+  else "the whole command"}; peak resident memory {summary['peak_rss_gib']} GiB (this process and the vLLM
+  engine's processes together, sampled every second).
+{benchmark_lines(summary)}"""
+
+
+LOSS_NAMES = {"kl": "to the target's distribution over the draft vocabulary",
+              "hard": "to the target's most likely token"}
+
+
+def benchmark_lines(summary: dict) -> str:
+    """The accuracy on the benchmark sets, once benchmarks/head_accuracy.py --record wrote it."""
+    measured = summary.get("benchmark_top1_by_depth")
+    if not measured:
+        return ""
+    rows = "\n".join(f"  - {name}: " + ", ".join(f"depth {d + 1}: {a:.3f}" for d, a in enumerate(accuracy))
+                     for name, accuracy in measured["by_set"].items())
+    return (f"- Top-1 by depth on the benchmark sets (`benchmarks/head_accuracy.py --record`: the target's "
+            f"greedy responses to {measured['prompts_per_set']} prompts per set, {measured['max_tokens']} "
+            f"tokens):\n{rows}\n")
+
+
+def answered_line(summary: dict) -> str:
+    if not summary["answered"]:
+        return ""
+    return f"{summary['answered']} ShareGPT conversations with the dataset's answers; "
 
 
 class ProcessTreeMemory:

@@ -1,6 +1,6 @@
 """Training prompts for draft heads, from offline sources that are not the benchmark sets.
 
-Three kinds, interleaved in a seeded order:
+Four kinds, interleaved in a seeded order:
   reasoning  freshly seeded reasoning-gym tasks (gsm_symbolic with training seeds only, never
              the evaluation seed, plus other arithmetic / logic / word tasks)
   code       "write this function" prompts from the signatures and docstrings of Python
@@ -8,6 +8,8 @@ Three kinds, interleaved in a seeded order:
   chat       instruction prompts from templates over topic lists (writing, explanation,
              STEM and humanities, advice, role play), none of them an MT-Bench question, and
              extraction / summary requests over standard-library documentation text
+  sharegpt   the first user turn of real ShareGPT conversations (the prompt only: the target
+             writes the answer)
 
 `training_prompts` refuses to return a prompt that also appears in a benchmark set.
 """
@@ -19,6 +21,7 @@ import inspect
 import random
 
 from echo_vllm.assets.prompts import DATASETS, EVAL_SEED, load_prompts
+from echo_vllm.assets.sharegpt import Exchange, first_exchanges
 
 REASONING_TASKS = (
     "gsm_symbolic", "basic_arithmetic", "chain_sum", "leg_counting", "family_relationships",
@@ -140,15 +143,27 @@ def _chat() -> list[str]:
     return chat + [t.format(text=doc) for t in EXTRACTION_TEMPLATES for doc in docs]
 
 
+# ShareGPT turns longer than this (characters) leave too little of the context for an answer
+SHAREGPT_MAX_PROMPT_CHARS = 1500
+
+
+def _sharegpt(seed: int) -> list[Exchange]:
+    """ShareGPT's first exchanges with a short enough user turn, in a seeded order."""
+    exchanges = [e for e in first_exchanges() if len(e.prompt) <= SHAREGPT_MAX_PROMPT_CHARS]
+    random.Random(seed).shuffle(exchanges)
+    return exchanges
+
+
 def training_prompts(count: int, seed: int = 0) -> list[str]:
-    """`count` training prompts, about a third of each kind (code and chat prompts are finite;
-    reasoning tasks fill what they lack), in a seeded order. Deterministic for (count, seed)."""
+    """`count` training prompts, about a quarter of each kind (code, chat and ShareGPT prompts
+    are finite; reasoning tasks fill what they lack), in a seeded order. Deterministic for
+    (count, seed)."""
     rng = random.Random(seed)
     code, chat = _code(), _chat()
     rng.shuffle(code)
     rng.shuffle(chat)
-    share = -(-count // 3)
-    fixed = code[:share] + chat[:share]
+    share = -(-count // 4)
+    fixed = code[:share] + chat[:share] + [e.prompt for e in _sharegpt(seed)[:share]]
     # generated tasks can repeat a question: draw with slack, keep each prompt once
     reasoning = list(dict.fromkeys(_reasoning(2 * (count - len(fixed)) + 16, seed + 1)))
     rng.shuffle(reasoning)  # every task, not just the first ones, in what is kept
@@ -159,3 +174,14 @@ def training_prompts(count: int, seed: int = 0) -> list[str]:
     if overlap:
         raise AssertionError(f"training prompts overlap a benchmark set: {overlap[:3]}")
     return pool[:count]
+
+
+def answered_exchanges(count: int, exclude: list[str], seed: int = 0) -> list[Exchange]:
+    """`count` ShareGPT exchanges whose answers the dataset gives (the target does not write
+    them), none whose user turn is in `exclude` (the prompts the target answers) or in a
+    benchmark set."""
+    excluded = set(exclude) | {p.text for name in DATASETS for p in load_prompts(name)}
+    chosen = [e for e in _sharegpt(seed + 1) if e.prompt not in excluded][:count]
+    if len(chosen) < count:
+        raise ValueError(f"echo-vllm: ShareGPT has {len(chosen)} usable exchanges, {count} were asked for")
+    return chosen

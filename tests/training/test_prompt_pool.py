@@ -1,9 +1,10 @@
-"""Training prompts: offline, seeded, of three kinds, never a benchmark prompt."""
+"""Training prompts: offline, seeded, of four kinds, never a benchmark prompt."""
 
 import pytest
 
 from echo_vllm.assets.prompts import EVAL_SEED
-from echo_vllm.training.prompt_pool import training_prompts
+from echo_vllm.assets.sharegpt import first_exchanges
+from echo_vllm.training.prompt_pool import answered_exchanges, training_prompts
 
 
 def test_seeded_and_deterministic():
@@ -11,12 +12,21 @@ def test_seeded_and_deterministic():
     assert training_prompts(60, seed=3) != training_prompts(60, seed=4)
 
 
-def test_three_kinds_in_the_pool():
+def test_four_kinds_in_the_pool():
     prompts = training_prompts(300, seed=0)
     assert len(prompts) == len(set(prompts)) == 300
-    assert sum("Python" in p for p in prompts) >= 80  # standard-library code prompts
-    assert sum(p.startswith(("Write a short blog", "Explain ", "Give me five")) for p in prompts) >= 20
+    assert sum("Python" in p for p in prompts) >= 60  # standard-library code prompts
+    assert sum(p.startswith(("Write a short blog", "Explain ", "Give me five")) for p in prompts) >= 15
     assert any(p[0].isdigit() or "Solve" in p or "Calculate" in p for p in prompts)  # reasoning-gym
+    sharegpt = {e.prompt for e in first_exchanges()}
+    assert sum(p in sharegpt for p in prompts) == 75  # a quarter: real users' first turns
+
+
+def test_answered_exchanges_are_not_among_the_prompts():
+    prompts = training_prompts(300, seed=0)
+    answered = answered_exchanges(200, prompts, seed=0)
+    assert len(answered) == 200 and not {e.prompt for e in answered} & set(prompts)
+    assert all(e.answer.strip() for e in answered)
 
 
 def test_the_evaluation_seed_is_refused():

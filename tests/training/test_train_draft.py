@@ -23,7 +23,7 @@ def tiny_chat(tmp_path_factory, smollm2):
 def trained(tmp_path_factory, tiny_chat):
     out, work = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("work")
     summary = train_draft(tiny_chat, str(out), num_prompts=8, max_new_tokens=24, draft_vocab_size=512,
-                          train_config=CONFIG, work_dir=str(work))
+                          train_config=CONFIG, work_dir=str(work), answered=4)
     return out, work, summary
 
 
@@ -31,6 +31,8 @@ def test_data_pipeline_and_loss_decrease(trained):
     out, work, summary = trained
     assert (work / "responses.jsonl").read_text().count("\n") == 8
     assert summary["prompts"] == 8 and summary["response_tokens"] > 8
+    assert summary["answered"] == 4 and len(list((work / "answered_features").glob("*.safetensors"))) == 1
+    assert summary["train_sequences"] + summary["val_sequences"] == 12
     history = summary["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert json.loads((out / "training.json").read_text())["history"] == history
@@ -55,16 +57,18 @@ def test_output_loads_in_vllm_eagle3(trained, tiny_chat):
 def test_a_second_run_reuses_the_data_and_the_finished_training(trained, tiny_chat):
     out, work, summary = trained
     again = train_draft(tiny_chat, str(out), num_prompts=8, max_new_tokens=24, draft_vocab_size=512,
-                        train_config=CONFIG, work_dir=str(work))
+                        train_config=CONFIG, work_dir=str(work), answered=4)
     assert again["history"] == summary["history"]
     assert again["wall_time_s"] < summary["wall_time_s"]
+    # the card counts the compute of both runs: the first's phases are not lost
+    assert all(again["phase_seconds"][p] >= summary["phase_seconds"][p] for p in summary["phase_seconds"])
 
 
 def test_other_data_settings_in_the_same_work_dir_are_refused(trained, tiny_chat, tmp_path):
     _, work, _ = trained
     with pytest.raises(ValueError, match="holds data made with other settings \\(max_new_tokens\\)"):
         train_draft(tiny_chat, str(tmp_path / "h"), num_prompts=8, max_new_tokens=25,
-                    draft_vocab_size=512, train_config=CONFIG, work_dir=str(work))
+                    draft_vocab_size=512, train_config=CONFIG, work_dir=str(work), answered=4)
 
 
 def test_missing_target_is_refused_before_any_work(tmp_path, capsys):
