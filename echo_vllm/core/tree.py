@@ -225,3 +225,16 @@ def tree_positions(depths: torch.Tensor, prefix_lens: torch.Tensor) -> torch.Ten
     """
     return prefix_lens.view(-1, 1) + depths
 
+
+
+def deepest_and_widest(tree: Tree) -> tuple[int, int]:
+    """The deepest verified draft node of the batch, and the most verified draft nodes at one
+    depth of one request (0, 0 without drafts). One host transfer.
+
+    Worked example: a request verifying root -> a -> (b, c) and one verifying root -> d -> e -> f
+    gives (3, 2)."""
+    depths = tree.depths
+    counts = torch.zeros(depths.shape[0], int(depths.shape[1]) + 1, dtype=torch.int64, device=depths.device)
+    counts.scatter_add_(1, depths, torch.ones_like(depths))
+    deepest, widest = torch.stack([depths.max(), counts[:, 1:].max()]).tolist()
+    return deepest, widest

@@ -41,6 +41,7 @@ from echo_vllm.core.tree import (
     ancestor_mask,
     best_nodes,
     child_visibility,
+    deepest_and_widest,
     expand_frontier,
     pool_depths,
     root_frontier,
@@ -275,7 +276,7 @@ class EchoProposer(EagleProposer):
         node's draft step (= committed length). caps [B] (host): draft tokens each request may
         verify; requests capped at 0 never grow.
         """
-        topk = self.echo_config.topk
+        topk = plan.width
         batch, device = root_hidden.shape[0], root_hidden.device
         depth_of = pool_depths(self.echo_config.steps, topk, device)
         frontier, pool = root_frontier(*self._topk_children(root_logits_hidden, topk))
@@ -303,7 +304,7 @@ class EchoProposer(EagleProposer):
                 block_table = cad.block_table_tensor[growing.rows]
                 growing = replace(growing, prefix=self._draft_prefix(block_table, growing.first_positions,
                                                                      cad.max_seq_len))
-            growing, pool = self._grow(growing, pool, depth)
+            growing, pool = self._grow(growing, pool, depth, topk)
         # A head that outputs NaN (a corrupt or diverged checkpoint) must not steer the budget,
         # the gate or the acceptance curve: such a request verifies no draft this step.
         broken = pool.scores.isnan().any(dim=1) | pool.scores.isposinf().any(dim=1)
@@ -314,8 +315,8 @@ class EchoProposer(EagleProposer):
         if self.policy.auto_budget():  # the acceptance scale compares them with what is accepted
             node_scores = pool.scores.gather(1, tree.pool_idx.clamp(min=0))
             node_values = torch.where(tree.pool_idx >= 0, node_scores.exp(), 0.0)
-        if plan.spends_budget:  # elastic depth
-            self.policy.bought(int(tree.depths.max()))
+        if plan.spends_budget:  # elastic depth and width
+            self.policy.bought(*deepest_and_widest(tree))
         calibration = None
         if plan.recording:
             ranks = score_ranks(pool.scores).gather(1, tree.pool_idx.clamp(min=0))
@@ -339,9 +340,9 @@ class EchoProposer(EagleProposer):
         caps[stopped] = caps[stopped].clamp(max=gate.stopped_num_draft_tokens - 1)
         return growing.select(keep_cpu.nonzero().flatten().to(caps.device))
 
-    def _grow(self, growing: "_Growing", pool: Pool, depth: int) -> tuple["_Growing", Pool]:
-        """Draft depth + 1 for the growing requests: each frontier node proposes topk children."""
-        topk = self.echo_config.topk
+    def _grow(self, growing: "_Growing", pool: Pool, depth: int, topk: int) -> tuple["_Growing", Pool]:
+        """Draft depth + 1 for the growing requests: each of the `topk` frontier nodes proposes
+        `topk` children."""
         count = growing.rows.numel()
         # the frontier's nodes sit at `depth`; the root at first_positions - 1
         depths = torch.full((count, topk), depth, dtype=torch.int64, device=growing.first_positions.device)

@@ -35,8 +35,9 @@ from echo_vllm.core.budget import (
 from echo_vllm.core.gating import GrowthPolicy, ddd_policy, echo_policy, opt_tree_policy, static_policy
 from echo_vllm.stats import EchoCounters
 
-# steps whose deepest bought node sets the depth drafted next (elastic depth)
-ELASTIC_DEPTH_WINDOW = 8
+# steps whose deepest bought node and widest bought level set the depth and the frontier
+# width drafted next (elastic depth and width)
+ELASTIC_WINDOW = 8
 # Drafted steps measured (drafting time, acceptance) before echo may decide that a step is
 # not worth drafting: its estimates must not rest on the first, noisiest steps, since steps
 # it does not draft measure nothing about drafting.
@@ -60,6 +61,7 @@ class StepPlan:
 
     draft: bool  # False: the step drafts nothing; its requests owe the draft KV
     depths: int  # draft depths to grow (elastic depth: may be fewer than `steps`)
+    width: int  # frontier nodes per depth and children per node (elastic width: may be below `topk`)
     gate: GrowthPolicy  # the per-request gate
     recording: bool  # calibrating: record gate statistics, whole trees, no budget
     spends_budget: bool  # a batch-wide budget selects the verified nodes (else each request's best)
@@ -114,10 +116,15 @@ class BatchPolicy:
         # None: decide each step; True / False: every step drafts / does not (for benchmarks
         # that measure one choice alone, and tests)
         self.forced_choice: bool | None = None
-        # Elastic depth: draft one depth beyond the deepest node the budget bought in recent
-        # steps, so a tight budget stops paying for drafts it never verifies, and an ample one
-        # lets trees grow back to `steps`.
-        self.recent_bought_depths: deque[int] = deque(maxlen=ELASTIC_DEPTH_WINDOW)
+        # Elastic depth and width: draft as deep as the deepest node the budget bought in recent
+        # steps, and a frontier as wide as the most nodes it bought at one depth of one
+        # request, so a tight budget stops paying for drafts it never verifies (a budget that
+        # buys one path drafts a chain, at a chain's cost). One step in ELASTIC_WINDOW drafts a
+        # depth deeper and a node wider (a probe), so an ample budget can show it would buy
+        # more, and trees grow back to `steps` deep and `topk` wide.
+        self.recent_bought_depths: deque[int] = deque(maxlen=ELASTIC_WINDOW)
+        self.recent_bought_widths: deque[int] = deque(maxlen=ELASTIC_WINDOW)
+        self.num_bought_steps = 0
         self._verified_since_decision = (0.0, 0)  # predicted, accepted drafts
         self._last_call: _DraftingCall | None = None
         self._called: float | None = None  # clock at the current step's decision
@@ -149,7 +156,8 @@ class BatchPolicy:
         self._called = self.clock()
         self._observe_previous_step(self._called, req_ids)
         draft, exploring = self._speculation_pays(len(req_ids), owed_rows)
-        return StepPlan(draft, self._depths_to_draft(), self.gate, self.recording, self.spends_budget(), exploring)
+        depths, width = self._shape_to_draft()
+        return StepPlan(draft, depths, width, self.gate, self.recording, self.spends_budget(), exploring)
 
     def caught_up(self, owed_rows: int) -> None:
         """The drafted step wrote the draft KV its batch owed (timed from `decide`)."""
@@ -188,9 +196,12 @@ class BatchPolicy:
             self.counters.num_budgeted_steps += 1
         return budget
 
-    def bought(self, deepest: int) -> None:
-        """The deepest node the step's budget bought (elastic depth)."""
+    def bought(self, deepest: int, widest: int) -> None:
+        """The deepest node the step's budget bought, and the most nodes it bought at one depth
+        of one request (elastic depth and width)."""
         self.recent_bought_depths.append(deepest)
+        self.recent_bought_widths.append(widest)
+        self.num_bought_steps += 1
 
     # ---- what it learns ---------------------------------------------------------------
 
@@ -272,12 +283,16 @@ class BatchPolicy:
         self.counters.num_exploration_steps += explore
         return shared_pays != explore, explore and not shared_pays
 
-    def _depths_to_draft(self) -> int:
-        """`steps`, or with elastic depth one beyond the deepest node bought lately."""
-        steps = self.config.steps
+    def _shape_to_draft(self) -> tuple[int, int]:
+        """(depths, width): `steps` and `topk`, or with a budget the deepest node and the
+        widest level bought lately (at least 1), one more of each on a probe step."""
+        steps, topk = self.config.steps, self.config.topk
         if not self.spends_budget() or not self.recent_bought_depths:
-            return steps
-        return min(steps, max(self.recent_bought_depths) + 1)
+            return steps, topk
+        # a budget that bought nothing still leaves one depth-1 draft to value
+        probe = int(self.num_bought_steps % ELASTIC_WINDOW == 0)
+        return (min(steps, max(1, *self.recent_bought_depths) + probe),
+                min(topk, max(1, *self.recent_bought_widths) + probe))
 
     def stats(self) -> dict:
         """The policy as it stands (gate, budget, the inputs of its decisions)."""

@@ -6,9 +6,11 @@ import torch
 
 from echo_vllm.core.tree import (
     Frontier,
+    Tree,
     ancestor_mask,
     child_visibility,
     best_nodes,
+    deepest_and_widest,
     expand_frontier,
     node_depths,
     pool_depths,
@@ -136,3 +138,18 @@ def test_child_visibility_takes_the_parents_row():
     visible = torch.tensor([[[True, False], [True, True]]])
     parents = torch.tensor([[1, 1, 0]])
     assert child_visibility(visible, parents).tolist() == [[[True, True], [True, True], [True, False]]]
+
+
+def test_deepest_and_widest_worked_example():
+    # request 0: root -> a -> (b, c); request 1: root -> d -> e -> f
+    tree = Tree(tokens=torch.tensor([[0, 1, 2, 3], [0, 4, 5, 6]]),
+                parent_idx=torch.tensor([[-1, 0, 1, 1], [-1, 0, 1, 2]]),
+                depths=torch.tensor([[0, 1, 2, 2], [0, 1, 2, 3]]),
+                num_nodes=torch.tensor([4, 4]), pool_idx=torch.tensor([[-1, 0, 2, 3], [-1, 0, 2, 6]]))
+    assert deepest_and_widest(tree) == (3, 2)
+    padded = Tree(*(t[:, :2] for t in (tree.tokens, tree.parent_idx, tree.depths)), torch.tensor([2, 2]),
+                  tree.pool_idx[:, :2])
+    assert deepest_and_widest(padded) == (1, 1)
+    no_drafts = Tree(*(t[:, :1] for t in (tree.tokens, tree.parent_idx, tree.depths)), torch.tensor([1, 1]),
+                     tree.pool_idx[:, :1])
+    assert deepest_and_widest(no_drafts) == (0, 0)

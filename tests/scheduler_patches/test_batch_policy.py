@@ -132,14 +132,38 @@ def test_static_policy_always_drafts_every_depth_without_a_budget():
     assert all(plan.draft and plan.depths == 3 and not plan.spends_budget for plan in plans)
 
 
-def test_elastic_depth_follows_the_deepest_bought_node():
-    policy, _ = make_policy()
-    assert policy.decide(["a"], 0).depths == 3
-    for deepest in (1, 1, 1):
-        policy.bought(deepest)
-    assert policy.decide(["a"], 0).depths == 2
-    policy.bought(3)
-    assert policy.decide(["a"], 0).depths == 3
+def test_elastic_depth_and_width_follow_what_the_budget_bought():
+    policy, _ = make_policy({**ECHO_AUTO, "topk": 4, "num_draft_tokens": 9})
+    plan = policy.decide(["a"], 0)
+    assert (plan.depths, plan.width) == (3, 4)  # nothing bought yet: the whole shape
+    for _ in range(3):  # a budget that buys one path
+        policy.bought(1, widest=1)
+    plan = policy.decide(["a"], 0)
+    assert (plan.depths, plan.width) == (1, 1)  # a chain, as long as what was bought
+    policy.bought(2, widest=1)
+    for _ in range(3):
+        policy.bought(1, widest=1)
+    plan = policy.decide(["a"], 0)
+    assert (plan.depths, plan.width) == (2, 1)
+    policy.bought(1, widest=1)
+    # every ELASTIC_WINDOW-th step probes one deeper and one wider
+    assert policy.num_bought_steps == 8
+    plan = policy.decide(["a"], 0)
+    assert (plan.depths, plan.width) == (3, 2)
+    policy.bought(1, widest=1)
+    plan = policy.decide(["a"], 0)
+    assert (plan.depths, plan.width) == (2, 1)
+    for _ in range(7):
+        policy.bought(1, widest=1)
+    plan = policy.decide(["a"], 0)  # 16 steps bought: a probe; the depth-2 step left the window
+    assert (plan.depths, plan.width) == (2, 2)
+    policy.bought(3, widest=3)  # the probe's budget bought more: the shape follows
+    plan = policy.decide(["a"], 0)
+    assert (plan.depths, plan.width) == (3, 3)
+    for _ in range(8):  # a budget that buys nothing: one depth-1 draft is still valued
+        policy.bought(0, widest=0)
+    plan = policy.decide(["a"], 0)
+    assert (plan.depths, plan.width) == (1, 1)
 
 
 def test_step_overhead_is_the_time_outside_drafting_and_the_pass():
