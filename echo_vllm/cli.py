@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--target", required=True, help=f"a model directory or one of {sorted(MODELS)}")
     train.add_argument("--out", required=True, help="directory to write the head to")
-    train.add_argument("--prompts", type=_positive, default=1500, help="training prompts (the target answers each)")
+    train.add_argument("--prompts", type=_positive, default=2400, help="training prompts (the target answers each)")
     train.add_argument("--max-new-tokens", type=_positive, default=256, help="tokens the target writes per prompt")
     train.add_argument("--draft-vocab-size", type=_positive, default=4096,
                        help="the head's reduced vocabulary (d2t/t2d), the most frequent response tokens")
