@@ -189,12 +189,17 @@ class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from echo_vllm.assets.models import MODELS
-    from echo_vllm.assets.prompts import DATASETS
-    from echo_vllm.training.train import LOSSES, PRECISIONS, TrainConfig
-
     parser = argparse.ArgumentParser(prog="echo-vllm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_prepare_model, _add_train_draft, _add_calibrate, _add_bench, _add_soak):
+        add(commands)
+    return parser
+
+
+def _add_prepare_model(commands) -> None:
+    """The prepare-model command and its options."""
+    from echo_vllm.assets.models import MODELS
+
     prepare = commands.add_parser(
         "prepare-model",
         help="convert a packaged target model into the cache dir ($ECHO_VLLM_CACHE, "
@@ -202,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument("name", choices=sorted(MODELS))
     prepare.set_defaults(run=_prepare_model)
+
+
+def _add_train_draft(commands) -> None:
+    """The train-draft command and its options."""
+    from echo_vllm.assets.models import MODELS
+    from echo_vllm.training.train import LOSSES, PRECISIONS, TrainConfig
 
     train = commands.add_parser(
         "train-draft", formatter_class=_HelpWithDefaults,
@@ -234,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default $ECHO_VLLM_CACHE/training/<out name>)")
     train.set_defaults(run=_train_draft)
 
+
+def _add_calibrate(commands) -> None:
+    """The calibrate command and its options."""
+    from echo_vllm.assets.models import MODELS
+    from echo_vllm.assets.prompts import DATASETS
+
     calibrate = commands.add_parser(
         "calibrate", formatter_class=_HelpWithDefaults,
         help="find the gate's judge depth and threshold (the Sweet Spot) for a target and draft; "
@@ -259,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="verified nodes a gated request keeps (default: judge depth + 1)")
     calibrate.add_argument("--records", help="also save the raw records here (torch.save), for offline studies")
     calibrate.set_defaults(run=_calibrate)
+
+
+def _add_bench(commands) -> None:
+    """The bench command and its options."""
+    from echo_vllm.assets.models import MODELS
+    from echo_vllm.assets.prompts import DATASETS
 
     from echo_vllm.bench.plan import METHODS, TABLES
 
@@ -300,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add to the results.json already in --out (same plan): only what it lacks is measured")
     bench.set_defaults(run=_bench)
 
+
+def _add_soak(commands) -> None:
+    """The soak command and its options."""
+    from echo_vllm.assets.models import MODELS
+
     soak = commands.add_parser(
         "soak", formatter_class=_HelpWithDefaults,
         help="many concurrent clients (mixed sampling, n, stop strings, cancellations, prompts up to the "
@@ -320,7 +348,6 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--seed", type=int, default=0, help="draws the requests")
     soak.add_argument("--out", default="bench-out/soak", help="directory for soak.json and the server logs")
     soak.set_defaults(run=_soak)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
