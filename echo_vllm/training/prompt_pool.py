@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import random
+import re
 
 from echo_vllm.assets.prompts import DATASETS, EVAL_SEED, load_prompts
 from echo_vllm.assets.sharegpt import Exchange, first_exchanges
@@ -80,6 +81,7 @@ CHAT_TOPICS = (
     "supply chains", "ocean tides", "the Industrial Revolution", "meditation", "electric grids",
     "dinosaurs", "inflation", "the internet", "classical music", "genetic engineering",
 )
+MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 EXTRACTION_TEMPLATES = (  # documentation text to read, summarize or extract from
     "Summarize the following documentation in two sentences:\n\n{text}",
     "List the key facts stated in this text as bullet points:\n\n{text}",
@@ -129,6 +131,9 @@ def _code() -> list[str]:
     prompts = []
     for qualified, signature, summary in _documented_functions():
         name = qualified.rsplit(".", 1)[1]
+        # a default such as <function copy2 at 0x7f...> differs per process: drop the address
+        # so that the prompts (and the work directory they key) are the same in every run
+        signature = MEMORY_ADDRESS.sub("", str(signature))
         prompts.append(
             f"Write a Python function `{name}{signature}` that does the following:\n"
             f"{summary}\nInclude a docstring and a short usage example."

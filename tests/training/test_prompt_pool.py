@@ -1,5 +1,8 @@
 """Training prompts: offline, seeded, of four kinds, never a benchmark prompt."""
 
+import subprocess
+import sys
+
 import pytest
 
 from echo_vllm.assets.prompts import EVAL_SEED
@@ -10,6 +13,16 @@ from echo_vllm.training.prompt_pool import answered_exchanges, training_prompts
 def test_seeded_and_deterministic():
     assert training_prompts(60, seed=3) == training_prompts(60, seed=3)
     assert training_prompts(60, seed=3) != training_prompts(60, seed=4)
+
+
+def test_the_same_in_every_process():
+    """The prompts key the work directory: a resumed run must see the same ones. A default
+    such as <function copy2 at 0x7f...> in a signature carried an address that varied."""
+    code = "from echo_vllm.training.prompt_pool import _code; print(repr(_code()))"
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1] and " at 0x" not in runs[0]
+    assert "copy_function=<function copy2>" in runs[0]
 
 
 def test_four_kinds_in_the_pool():
