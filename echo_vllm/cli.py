@@ -62,7 +62,8 @@ def _bench(args: argparse.Namespace) -> None:
         raise ValueError("echo-vllm bench: --head is required (or --serve NAME=URL to measure running servers)")
     plan = build_plan(_target_dir(args.target), args.head, args.calibration, args.methods, args.eagle3_k,
                       args.tables, args.datasets, args.latency_prompts, args.batch_sizes, args.input_tokens,
-                      args.max_tokens, args.repetitions, args.ddd_threshold, args.opt_tree_gain, args.out)
+                      args.max_tokens, args.repetitions, args.ddd_threshold, args.opt_tree_gain, args.out,
+                      args.dynamic_sd_table)
     import vllm
 
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "plan": dict(vars(args)),  # target as given: no local paths
@@ -81,7 +82,7 @@ def _bench(args: argparse.Namespace) -> None:
 
 # What must match for a resumed bench run to add to the results it finds in --out.
 RESUME_KEYS = ("target", "head", "calibration", "serve", "input_tokens", "max_tokens", "repetitions",
-               "latency_prompts", "ddd_threshold", "opt_tree_gain")
+               "latency_prompts", "ddd_threshold", "opt_tree_gain", "dynamic_sd_table")
 
 
 def _previous_results(args: argparse.Namespace, meta: dict) -> dict | None:
@@ -283,7 +284,9 @@ def _add_bench(commands) -> None:
     from echo_vllm.assets.models import MODELS
     from echo_vllm.assets.prompts import DATASETS
 
-    from echo_vllm.bench.plan import METHODS, TABLES
+    import json
+
+    from echo_vllm.bench.plan import DYNAMIC_SD_TABLE, METHODS, TABLES
 
     bench = commands.add_parser(
         "bench", formatter_class=_HelpWithDefaults,
@@ -315,6 +318,9 @@ def _add_bench(commands) -> None:
     bench.add_argument("--max-tokens", type=int, default=128, help="output tokens per request")
     bench.add_argument("--repetitions", type=int, default=3,
                        help="measured turns per method (after a warm-up), alternating with no speculation")
+    bench.add_argument("--dynamic-sd-table", default=json.dumps(DYNAMIC_SD_TABLE),
+                       help="method dynamic_sd: vLLM's num_speculative_tokens_per_batch_size, JSON [[first bs, "
+                       "last bs, eagle3 K], ...] (K 0: no speculation in that range)")
     bench.add_argument("--ddd-threshold", type=float, default=0.5, help="policy ddd's frontier-probability threshold")
     bench.add_argument("--opt-tree-gain", type=float, default=0.1,
                        help="policy opt_tree's threshold: least expected accepted tokens one more depth must add")

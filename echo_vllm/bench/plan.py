@@ -1,13 +1,15 @@
 """What one `echo-vllm bench` run measures, checked before any model loads.
 
-Methods are named as the tables print them: `eagle3 K=2` (vLLM's chain), `static`, `ddd`,
-`opt_tree`, `echo` (echo's policies through the same tree machinery). No speculation
-(`plain`) is always measured: every ratio is against it, from runs interleaved with it.
+Methods are named as the tables print them: `eagle3 K=2` (vLLM's chain), `dynamic_sd` (vLLM's
+Dynamic SD: eagle3 with a chain length per batch-size range), `static`, `ddd`, `opt_tree`,
+`echo` (echo's policies through the same tree machinery). No speculation (`plain`) is always
+measured: every ratio is against it, from runs interleaved with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -15,10 +17,14 @@ from echo_vllm.assets.prompts import DATASETS
 from echo_vllm.config import parse_echo_config
 
 POLICY_METHODS = ("static", "ddd", "opt_tree", "echo")
-METHODS = ("eagle3", *POLICY_METHODS)
+METHODS = ("eagle3", "dynamic_sd", *POLICY_METHODS)
 TABLES = ("latency", "throughput")
 # SGLang's EAGLE-3 tree (steps, topk, num_draft_tokens): the seed's static configuration
 STATIC_TREE = {"steps": 5, "topk": 8, "num_draft_tokens": 32}
+# vLLM Dynamic SD's (first batch size, last batch size, eagle3 chain length) ranges: the best
+# hand table for SmolLM2-135M on the 2-core CPU (docs/RESULTS.md: eagle3 K=1 at bs 1-2 beat
+# K=2 and K=3 there, and no speculation beat every chain above)
+DYNAMIC_SD_TABLE = ((1, 2, 1), (3, 1024, 0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +44,7 @@ class BenchPlan:
     ddd_threshold: float
     opt_tree_gain: float
     out: str  # directory: report.md, results.json, *.png
+    dynamic_sd_table: tuple[tuple[int, int, int], ...] = DYNAMIC_SD_TABLE
 
     def method_configs(self) -> dict[str, dict]:
         """Each speculative method's `speculative_config`, by table name."""
@@ -47,6 +54,11 @@ class BenchPlan:
             if method == "eagle3":
                 for k in self.eagle3_ks:
                     configs[f"eagle3 K={k}"] = {"method": "eagle3", "model": self.head, "num_speculative_tokens": k}
+            elif method == "dynamic_sd":
+                configs["dynamic_sd"] = {"method": "eagle3", "model": self.head,
+                                         "num_speculative_tokens": max(k for _, _, k in self.dynamic_sd_table),
+                                         "num_speculative_tokens_per_batch_size": [list(r) for r in
+                                                                                   self.dynamic_sd_table]}
             elif method == "static":
                 configs["static"] = {**echo, **STATIC_TREE, "policy": "static"}
             elif method == "ddd":
@@ -81,6 +93,23 @@ def positive_ints(value: str, option: str) -> tuple[int, ...]:
     return numbers
 
 
+def dynamic_sd_table(value: str) -> tuple[tuple[int, int, int], ...]:
+    """`--dynamic-sd-table`: JSON [[first bs, last bs, K], ...], vLLM's
+    num_speculative_tokens_per_batch_size; the ranges ascending from bs 1, some K >= 1."""
+    usage = "must be JSON [[first bs, last bs, K], ...] ranges ascending from bs 1 without overlap, K >= 0"
+    try:
+        table = tuple((int(first), int(last), int(k)) for first, last, k in json.loads(value))
+    except (ValueError, TypeError):
+        raise _fail(f"--dynamic-sd-table {value!r} {usage}") from None
+    ends = [0] + [last for _, last, _ in table]
+    ordered = all(first > ends[i] and last >= first and k >= 0 for i, (first, last, k) in enumerate(table))
+    if not table or not ordered or table[0][0] != 1:
+        raise _fail(f"--dynamic-sd-table {value!r} {usage}")
+    if max(k for _, _, k in table) < 1:
+        raise _fail(f"--dynamic-sd-table {value!r} drafts at no batch size: give some range a K >= 1")
+    return table
+
+
 def _model_dir(path: str, option: str) -> str:
     if not (Path(path) / "config.json").is_file():
         raise _fail(f"{option} {path!r} is not a model directory (no config.json)")
@@ -89,7 +118,8 @@ def _model_dir(path: str, option: str) -> str:
 
 def build_plan(target: str, head: str, calibration: str | None, methods: str, eagle3_k: str, tables: str,
                datasets: str, latency_prompts: int, batch_sizes: str, input_tokens: int, max_tokens: int,
-               repetitions: int, ddd_threshold: float, opt_tree_gain: float, out: str) -> BenchPlan:
+               repetitions: int, ddd_threshold: float, opt_tree_gain: float, out: str,
+               dynamic_sd: str = json.dumps(DYNAMIC_SD_TABLE)) -> BenchPlan:
     """The plan from command-line values; a ValueError naming the option for anything it
     cannot run (every echo config is validated as the engine would, calibration file included).
     Without a head (servers measured as they were started), no method config is built."""
@@ -107,6 +137,7 @@ def build_plan(target: str, head: str, calibration: str | None, methods: str, ea
         latency_prompts=latency_prompts, batch_sizes=positive_ints(batch_sizes, "--batch-sizes"),
         input_tokens=input_tokens, max_tokens=max_tokens, repetitions=repetitions,
         ddd_threshold=ddd_threshold, opt_tree_gain=opt_tree_gain, out=out,
+        dynamic_sd_table=dynamic_sd_table(dynamic_sd),
     )
     for name, config in (plan.method_configs() if head is not None else {}).items():
         if config["method"] == "echo":

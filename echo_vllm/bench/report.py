@@ -32,6 +32,33 @@ def best_eagle3(by_method: dict) -> str | None:
     return max(chains, key=lambda name: by_method[name]["x_plain"]) if chains else None
 
 
+def best_peer(by_method: dict) -> tuple[str, float]:
+    """vLLM's fastest configuration among those run beside one workload (no speculation, each
+    eagle3 chain, Dynamic SD): its name and x plain."""
+    peers = {"no speculation": 1.0, **{name: r["x_plain"] for name, r in by_method.items()
+                                       if name.startswith("eagle3") or name == "dynamic_sd"}}
+    name = max(peers, key=peers.get)
+    return name, peers[name]
+
+
+def echo_against_peers(results: dict) -> list[str]:
+    """Echo's x plain over the best eagle3 chain's and over the best peer's, per workload."""
+    lines = ["| table | workload | echo x plain | best eagle3 | echo / it | best peer | echo / it |",
+             "|---|---|---|---|---|---|---|"]
+    for table in ("latency", "throughput"):
+        for key, by_method in results[table].items():
+            if "echo" not in by_method:
+                continue
+            echo = by_method["echo"]["x_plain"]
+            eagle3 = best_eagle3(by_method)
+            eagle3_cells = ("- | -" if eagle3 is None else
+                            f"{eagle3} ({by_method[eagle3]['x_plain']:.2f}) | {echo / by_method[eagle3]['x_plain']:.2f}")
+            peer, peer_x = best_peer(by_method)
+            lines.append(f"| {table} | {key} | {echo:.2f} | {eagle3_cells} | {peer} ({peer_x:.2f}) | "
+                         f"{echo / peer_x:.2f} |")
+    return lines
+
+
 def gains(by_method: dict, name: str) -> tuple[float | None, float | None]:
     """x plain of `name` over the best eagle3's and over static's (each ratio of ratios is
     taken against its own interleaved plain runs)."""
@@ -164,6 +191,11 @@ def markdown(results: dict, meta: dict) -> str:
                 f"MT-Bench prompts nearest {plan['input_tokens']} input tokens (mean input tokens {described}); "
                 "bs B submits B prompts at once (bs 1: the prompts one after another).", "",
                 *throughput_table(results["throughput"]), ""]
+    if any("echo" in by_method for table in ("latency", "throughput") for by_method in results[table].values()):
+        out += ["## Echo against vLLM's best", "",
+                "Echo's x plain over the best eagle3 chain's (K as run) and over the best peer's: the fastest "
+                "of no speculation, the eagle3 chains and Dynamic SD at that workload (each x plain against "
+                "its own interleaved plain runs).", "", *echo_against_peers(results), ""]
     served = any("ttft_ms" in r for table in ("latency", "throughput")
                  for by_method in results[table].values() for r in by_method.values())
     if served:

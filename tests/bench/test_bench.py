@@ -9,7 +9,7 @@ import pytest
 
 from echo_vllm import cli
 from echo_vllm.bench.plan import build_plan
-from echo_vllm.bench.report import gains, latency_averages, markdown, write_outputs
+from echo_vllm.bench.report import best_peer, echo_against_peers, gains, latency_averages, markdown, write_outputs
 from echo_vllm.bench.simulate import PROFILES, project, target_seconds
 
 
@@ -43,6 +43,20 @@ def test_gains_are_ratios_over_the_best_eagle3_and_static():
     over_eagle3, over_static = gains(MADE_UP["throughput"]["16"], "echo")
     assert over_eagle3 == pytest.approx(0.99 / 0.80)  # K=1 is the better chain
     assert over_static == pytest.approx(0.99 / 0.20)
+
+
+def test_the_best_peer_is_the_fastest_of_vllms_configurations():
+    by_method = {**MADE_UP["throughput"]["16"], "dynamic_sd": row(95.0, 100.0)}
+    assert best_peer(by_method) == ("no speculation", 1.0)  # every chain is slower than plain at bs 16
+    assert best_peer({**by_method, "dynamic_sd": row(104.0, 100.0)}) == ("dynamic_sd", pytest.approx(1.04))
+    assert best_peer(MADE_UP["latency"]["mt_bench"]) == ("eagle3 K=1", pytest.approx(1.2))  # echo is no peer
+
+
+def test_echo_against_peers_table():
+    lines = echo_against_peers(MADE_UP)
+    assert lines[2] == "| latency | mt_bench | 1.50 | eagle3 K=1 (1.20) | 1.25 | eagle3 K=1 (1.20) | 1.25 |"
+    assert lines[4] == "| throughput | 16 | 0.99 | eagle3 K=1 (0.80) | 1.24 | no speculation (1.00) | 0.99 |"
+    assert "## Echo against vLLM's best" in markdown(MADE_UP, META)
 
 
 def test_latency_average_column():
@@ -119,6 +133,10 @@ def plan_args(model_dir, changes):
     ({"repetitions": 0}, "--repetitions"),
     ({"head": "/nonexistent/head"}, "--head"),
     ({"calibration": "/nonexistent/calibration.json"}, "calibration_file"),
+    ({"dynamic_sd": "[[2, 8, 1]]"}, "--dynamic-sd-table"),  # must start at bs 1
+    ({"dynamic_sd": "[[1, 4, 1], [3, 8, 0]]"}, "--dynamic-sd-table"),  # overlap
+    ({"dynamic_sd": "[[1, 4]]"}, "--dynamic-sd-table"),
+    ({"dynamic_sd": "[[1, 64, 0]]"}, "drafts at no batch size"),
 ])
 def test_plan_refuses_what_it_cannot_run(tmp_path, changes, culprit):
     (tmp_path / "config.json").write_text("{}")
@@ -126,28 +144,40 @@ def test_plan_refuses_what_it_cannot_run(tmp_path, changes, culprit):
         build_plan(**plan_args(str(tmp_path), changes))
 
 
+def test_dynamic_sd_is_eagle3_with_a_chain_length_per_batch_size(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    plan = build_plan(**plan_args(str(tmp_path), {"methods": "dynamic_sd", "dynamic_sd": "[[1, 2, 2], [3, 64, 0]]"}))
+    assert plan.method_configs() == {"dynamic_sd": {
+        "method": "eagle3", "model": str(tmp_path), "num_speculative_tokens": 2,
+        "num_speculative_tokens_per_batch_size": [[1, 2, 2], [3, 64, 0]]}}
+
+
 def test_a_small_run_end_to_end(tiny_chat_pair, tmp_path):
     target, head = tiny_chat_pair
-    argv = ["bench", "--target", target, "--head", head, "--methods", "eagle3,echo", "--eagle3-k", "1",
-            "--datasets", "mt_bench", "--latency-prompts", "2", "--batch-sizes", "1,4", "--max-tokens", "16",
-            "--repetitions", "1", "--out", str(tmp_path)]
+    argv = ["bench", "--target", target, "--head", head, "--methods", "eagle3,dynamic_sd,echo", "--eagle3-k", "1",
+            "--dynamic-sd-table", "[[1, 1, 1], [2, 64, 0]]", "--datasets", "mt_bench", "--latency-prompts", "2",
+            "--batch-sizes", "1,4", "--max-tokens", "16", "--repetitions", "1", "--out", str(tmp_path)]
     assert cli.main(argv) == 0
     saved = json.loads((tmp_path / "results.json").read_text())
     results = saved["results"]
     assert list(results["latency"]) == ["mt_bench"] and list(results["throughput"]) == ["1", "4"]
     for by_method in [*results["latency"].values(), *results["throughput"].values()]:
-        assert list(by_method) == ["eagle3 K=1", "echo"]
+        assert list(by_method) == ["eagle3 K=1", "dynamic_sd", "echo"]
         for r in by_method.values():
             assert len(r["runs"]) == len(r["plain_runs"]) == 1
             assert r["x_plain"] == pytest.approx(statistics.median(r["runs"]) / statistics.median(r["plain_runs"]))
             assert r["mat"] is None or 1.0 <= r["mat"] <= 2.0  # eagle3 K=1: at most one draft accepted per step
     assert results["throughput"]["4"]["eagle3 K=1"]["verified_drafts_per_step"] == pytest.approx(1.0)
+    # Dynamic SD drafts one token per step at bs 1 and none once 4 requests run (its table)
+    assert results["latency"]["mt_bench"]["dynamic_sd"]["verified_drafts_per_step"] == pytest.approx(1.0)
+    assert results["throughput"]["4"]["dynamic_sd"]["utilization"] is None  # no draft token verified
     echo = results["throughput"]["4"]["echo"]["echo"]
     assert echo["policy"] == "echo" and echo["calibrating"]  # 256 online calibration steps not reached
     assert saved["meta"]["plan"]["batch_sizes"] == "1,4" and saved["meta"]["command"].startswith("echo-vllm bench --target")
     assert 40 < results["input_tokens"]["throughput 4"] < 200  # MT-Bench prompts near 100 tokens, chat template included
     report = (tmp_path / "report.md").read_text()
     assert "## Table 1" in report and "## Table 2" in report and "| 4 | echo |" in report
+    assert "| throughput | 4 | " in report  # echo against the best peer
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("throughput.png", "utilization.png", "speedup.png"))
 
 
