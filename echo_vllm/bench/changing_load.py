@@ -21,8 +21,9 @@ Results (results.json, report.md):
 
 Timeline (changing_load.png). While a server runs its turn, a thread reads its /metrics every
 SAMPLE_INTERVAL_S: requests running, generation tokens, echo's budget counters. A server's time
-axis is its own busy time (its turns back to back), so each server's lines run through the
-phases in order. Windows of at least WINDOW_S turn the cumulative counters into tokens/s and
+axis is its own busy time: each turn from just before its first request ran to just after its
+last ended (not vllm bench serve's start-up), the turns back to back, so each server's lines
+run through the phases in order. Windows of at least WINDOW_S turn the cumulative counters into tokens/s and
 echo's budget per step. Echo's counters advance once per vLLM stats interval
 (VLLM_LOG_STATS_INTERVAL, 10 s by default): start the servers with VLLM_LOG_STATS_INTERVAL=1
 for a budget in every window (benchmarks/changing_load.py --start does).
@@ -109,16 +110,16 @@ def counter_reading(metrics: dict[str, float], t_s: float) -> dict:
             "budget_sum": metrics.get(BUDGET_SUM), "budgeted_steps": metrics.get(BUDGETED_STEPS)}
 
 
-def sampled_turn(url: str, start_s: float, run: Callable[[], None]) -> tuple[list[dict], float]:
+def sampled_turn(url: str, run: Callable[[], None]) -> list[dict]:
     """Runs `run()` while a thread reads url's /metrics every SAMPLE_INTERVAL_S (once more after
-    it ends); returns the readings, timed from `start_s`, and the turn's seconds."""
+    it ends); the readings, timed from the turn's start."""
     readings: list[dict] = []
     failures: list[Exception] = []
     done = threading.Event()
     started = time.monotonic()
 
     def read() -> None:
-        readings.append(counter_reading(online.scrape(url), start_s + time.monotonic() - started))
+        readings.append(counter_reading(online.scrape(url), time.monotonic() - started))
 
     def sample() -> None:
         try:
@@ -139,7 +140,20 @@ def sampled_turn(url: str, start_s: float, run: Callable[[], None]) -> tuple[lis
     if failures:
         raise RuntimeError(f"echo-vllm changing load: {url}/metrics could not be read ({failures[0]}); "
                            "is the server still up?") from failures[0]
-    return readings, time.monotonic() - started
+    return readings
+
+
+def busy_readings(readings: list[dict], start_s: float) -> list[dict]:
+    """The readings around the server's work, re-timed to begin at `start_s`: from the last one
+    before requests ran (or tokens advanced) to the first one after. A turn idles while vllm
+    bench serve starts (it imports vLLM: ~10 s), which is no part of the server's busy time.
+    Requests running 0, 0, 0, 2, 1, 0, 0 at 0, 0.5, ... 3 s -> the readings at 1 to 2.5 s, at start_s + 0 to 1.5 s."""
+    active = [i for i, r in enumerate(readings)
+              if r["running"] > 0 or (i > 0 and r["generation_tokens"] > readings[i - 1]["generation_tokens"])]
+    if not active:
+        return []
+    kept = readings[max(active[0] - 1, 0):min(active[-1] + 1, len(readings) - 1) + 1]
+    return [{**r, "t_s": start_s + r["t_s"] - kept[0]["t_s"]} for r in kept]
 
 
 def budget_per_step(first: dict, last: dict) -> float | None:
@@ -187,15 +201,16 @@ def warm_up(plan: ChangingLoadPlan, models: dict[str, str], datasets: list[Path]
 def measured_turn(plan: ChangingLoadPlan, name: str, model: str, phase_index: int, dataset: Path,
                   round_number: int, start_s: float) -> dict:
     """One server's turn at one phase, its /metrics sampled meanwhile: vllm bench serve's row
-    (online.read_bench_serve_result), the readings, and the span of the server's busy time it took."""
+    (online.read_bench_serve_result), the readings while it was busy, and their span on its time axis."""
     phase = plan.phases[phase_index]
     url = plan.servers[name]
     result = plan.out / "vllm-bench" / f"round-{round_number}-phase-{phase_index + 1}-{file_stem(name)}.json"
     command = online.bench_serve_command(url, model, plan.tokenizer, dataset, phase.num_requests, phase.concurrency,
                                          plan.max_tokens, result)
-    readings, seconds = sampled_turn(url, start_s, lambda: online.run_bench_serve(command, result.with_suffix(".log")))
+    readings = busy_readings(sampled_turn(url, lambda: online.run_bench_serve(command, result.with_suffix(".log"))),
+                             start_s)
     return {"server": name, "round": round_number, "phase": phase_index, "label": phase.label,
-            "concurrency": phase.concurrency, "start_s": start_s, "end_s": start_s + seconds,
+            "concurrency": phase.concurrency, "start_s": start_s, "end_s": readings[-1]["t_s"] if readings else start_s,
             "result": online.read_bench_serve_result(result), "readings": readings}
 
 
@@ -431,7 +446,7 @@ def timeline_figure(results: dict):
     budget_ax.set_ylabel("echo's budget\n(draft tokens / step)")
     rate_ax.set_ylabel(f"output tokens/s\n(per {WINDOW_S:g}-2 s window)")
     rate_ax.set_ylim(bottom=0)
-    rate_ax.set_xlabel("seconds of the server's own busy time (its turns back to back)")
+    rate_ax.set_xlabel("seconds of each server's own busy time (the spans its turns kept it busy, back to back)")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.legend(*rate_ax.get_legend_handles_labels(), loc="outside right upper", frameon=False, fontsize=9,

@@ -147,17 +147,30 @@ def test_a_turn_is_sampled_from_start_to_end(monkeypatch):
     monkeypatch.setattr(changing_load, "SAMPLE_INTERVAL_S", 0.05)
     monkeypatch.setattr(online, "scrape", lambda url: calls.append(url) or {
         "vllm:generation_tokens_total": float(len(calls))})
-    readings, seconds = changing_load.sampled_turn("http://h:1", 10.0, lambda: time.sleep(0.3))
+    readings = changing_load.sampled_turn("http://h:1", lambda: time.sleep(0.3))
     assert [r["generation_tokens"] for r in readings] == [float(n) for n in range(1, len(calls) + 1)]
     assert len(readings) >= 5 and set(calls) == {"http://h:1"}
     times = [r["t_s"] for r in readings]
-    assert times == sorted(times) and 10.0 <= times[0] < 10.05 and 10.3 <= times[-1] <= 10.0 + seconds
+    assert times == sorted(times) and times[0] < 0.05 and times[-1] >= 0.3
 
     def down(url):
         raise OSError("connection refused")
     monkeypatch.setattr(online, "scrape", down)
     with pytest.raises(RuntimeError, match=r"http://h:1/metrics could not be read \(connection refused\)"):
-        changing_load.sampled_turn("http://h:1", 0.0, lambda: None)
+        changing_load.sampled_turn("http://h:1", lambda: None)
+
+
+def test_a_turn_keeps_the_readings_around_the_servers_work():
+    """vllm bench serve's start-up (the server idle) is cut: from the reading before the first
+    request ran to the one after the last ended, moved to the server's busy time so far."""
+    running = [0, 0, 0, 2, 1, 0, 0]
+    tokens = [5, 5, 5, 9, 14, 16, 16]  # the last tokens land after the last reading with a request running
+    turn = [{"t_s": 0.5 * i, "running": float(r), "generation_tokens": float(n), "budget_sum": None,
+             "budgeted_steps": None} for i, (r, n) in enumerate(zip(running, tokens))]
+    kept = changing_load.busy_readings(turn, 10.0)
+    assert [(r["t_s"], r["running"], r["generation_tokens"]) for r in kept] == [
+        (10.0, 0.0, 5.0), (10.5, 2.0, 9.0), (11.0, 1.0, 14.0), (11.5, 0.0, 16.0), (12.0, 0.0, 16.0)]
+    assert changing_load.busy_readings(turn[:3], 10.0) == []  # nothing ran
 
 
 def test_rounds_rotate_and_each_server_keeps_its_own_time(tmp_path, monkeypatch):
@@ -177,7 +190,7 @@ def test_rounds_rotate_and_each_server_keeps_its_own_time(tmp_path, monkeypatch)
             result.write_text(json.dumps(saved))
     monkeypatch.setattr(online, "run_bench_serve", fake_bench_serve)
     monkeypatch.setattr(online, "served_model", lambda url: "m")
-    monkeypatch.setattr(online, "scrape", lambda url: {})
+    monkeypatch.setattr(online, "scrape", lambda url: {"vllm:num_requests_running": 1.0})  # always busy
     monkeypatch.setattr(changing_load, "SAMPLE_INTERVAL_S", 0.01)
     plan = ChangingLoadPlan({"plain": "http://h:8000", "echo": "http://h:8001"}, PHASES, 2, 16, "/t", tmp_path)
     saved = []
@@ -189,7 +202,7 @@ def test_rounds_rotate_and_each_server_keeps_its_own_time(tmp_path, monkeypatch)
     assert (tmp_path / "vllm-bench" / "phase-2-4x8.jsonl").read_text().count("\n") == 8
     for name in plan.servers:
         own = [turn for turn in results["turns"] if turn["server"] == name]
-        assert own[0]["start_s"] == 0.0
+        assert own[0]["start_s"] == 0.0 and all(turn["end_s"] > turn["start_s"] for turn in own)
         assert all(after["start_s"] == before["end_s"] for before, after in zip(own, own[1:]))
 
 
