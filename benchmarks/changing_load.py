@@ -20,8 +20,10 @@ path is printed:
   echo           echo with the committed head (its calibration file beside it)
 
 The servers start with VLLM_LOG_STATS_INTERVAL=1, so that echo's counters (updated once per
-stats interval) reach /metrics every second for the plot's budget panel. Each server holds
-about 2 GiB (a 1 GiB KV cache): all six need about 12-14 GiB beside this script.
+stats interval) reach /metrics every second for the plot's budget panel. A server takes about
+3.7 GiB on a CPU (float32, a 1 GiB KV cache; two took 7.5 GiB on the 2-core, 24 GiB machine):
+the six need about 22 GiB, more than such a machine has beside anything else; start fewer
+there (--servers) or measure on a larger one.
 
 Or measure servers already running, one of them named `plain` (start them with
 VLLM_LOG_STATS_INTERVAL=1 for the budget panel):
@@ -122,7 +124,8 @@ def wait_until_serving(name: str, url: str, process: subprocess.Popen, log: Path
     deadline = time.monotonic() + START_TIMEOUT_S
     while not answers(url):
         if process.poll() is not None:
-            raise RuntimeError(f"changing_load: the {name} server exited ({process.returncode}) before serving; see {log}")
+            raise RuntimeError(f"changing_load: the {name} server exited ({process.returncode}) before serving; "
+                               f"see {log}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"changing_load: the {name} server did not answer within {START_TIMEOUT_S} s; see {log}")
         time.sleep(1)
@@ -159,10 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dynamic-sd-table", type=dynamic_sd_table, default=DYNAMIC_SD_TABLE,
                         help="with --start: dynamic_sd's [[first, last, K], ...] by batch size, as JSON "
                         "(default: %(default)s)")
-    parser.add_argument("--phases", default="1x8,16x32,64x128,4x16,1x8", help="CONCURRENCYxREQUESTS, in order (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=3, help="every phase on every server, this many times (default: %(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=128, help="output tokens per request, ignore_eos (default: %(default)s)")
-    parser.add_argument("--out", default="bench-out/changing-load", help="directory for report.md, results.json, changing_load.png (default: %(default)s)")
+    parser.add_argument("--phases", default="1x8,16x32,64x128,4x16,1x8",
+                        help="CONCURRENCYxREQUESTS, in order (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="every phase on every server, this many times (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=128,
+                        help="output tokens per request, ignore_eos (default: %(default)s)")
+    parser.add_argument("--out", default="bench-out/changing-load",
+                        help="directory for report.md, results.json, changing_load.png (default: %(default)s)")
     return parser
 
 
@@ -180,13 +187,15 @@ def chosen_servers(args: argparse.Namespace) -> dict[str, str]:
 def main() -> None:
     args = build_parser().parse_args()
     if args.rounds < 1 or args.max_tokens < 1:
-        raise ValueError(f"changing_load: --rounds and --max-tokens must be >= 1, got {args.rounds} and {args.max_tokens}")
+        raise ValueError(f"changing_load: --rounds and --max-tokens must be >= 1, got {args.rounds} and "
+                         f"{args.max_tokens}")
     # a plain kill (SIGTERM) ends the script through its finally blocks: started servers stop too
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     servers = chosen_servers(args)
     plan = ChangingLoadPlan(servers, parse_phases(args.phases), args.rounds, args.max_tokens, str(model_dir(TARGET)),
                             Path(args.out))
-    with started_servers(servers, speculative_configs(args.dynamic_sd_table)) if args.start else contextlib.nullcontext():
+    starting = started_servers(servers, speculative_configs(args.dynamic_sd_table)) if args.start else None
+    with starting or contextlib.nullcontext():
         run_changing_load(plan, lambda results: write_outputs(results, plan.out))
     print((plan.out / "report.md").read_text())
     print(f"changing_load: wrote {plan.out}/report.md, results.json, changing_load.png")

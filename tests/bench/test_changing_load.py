@@ -115,8 +115,8 @@ def test_the_report_tables(tmp_path):
     assert "| 1: 1x2 | 32.0 / 38.4 | 20.0 / 24.0 | 40.0 / 48.0 |" in report  # TPOT p50 / p90
     assert "| plain | 20.0 | 20.0, 16.0, 25.0 | - | 0.75 | 0.90 |" in report
     assert "## Echo's goal: NOT met" in report
-    assert "- echo overall >= 1.05x each fixed configuration: met (1.33x plain, 1.20x eagle3 K=2)" in report
-    assert "- no phase below 0.95x that phase's best: NOT met: phase 2 (4x8): 0.80x eagle3 K=2" in report
+    assert "- echo overall >= 1.05x each fixed configuration: met (1.333x plain, 1.200x eagle3 K=2)" in report
+    assert "- no phase below 0.95x that phase's best: NOT met: phase 2 (4x8): 0.800x eagle3 K=2" in report
 
 
 def test_windows_turn_cumulative_counters_into_rates():
