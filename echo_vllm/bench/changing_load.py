@@ -357,7 +357,7 @@ def goal_lines(goal: dict | None) -> list[str]:
     """Markdown: whether echo met its goal, with the numbers that decide it."""
     if goal is None:
         return ["## Echo's goal", "", "No server named echo: nothing to check."]
-    # three decimals: 1.047x must not read as the 1.05x it misses
+    # three decimals: 1.048x must not read as the 1.05x it misses
     overall = ", ".join(f"{x:.3f}x {other}" for other, x in goal["overall_x"].items())
     below = "; ".join(f"phase {b['phase']} ({b['label']}): {b['x_best']:.3f}x {b['best']}"
                       for b in goal["phases_below"])
