@@ -31,7 +31,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
-from echo_vllm.bench.offline import SPEC_COUNTERS, WARM_UP_TOKENS, Workload, acceptance, workloads
+from echo_vllm.bench.offline import SPEC_COUNTERS, WARM_UP_TOKENS, acceptance, workloads
 from echo_vllm.bench.plan import BenchPlan
 
 PLAIN = "plain"
@@ -162,10 +162,10 @@ def served_model(url: str) -> str:
                            "first (benchmarks/served_bench.sh starts them with examples/serve.sh)") from None
 
 
-def write_dataset(workload: Workload, path: Path) -> Path:
-    """The workload's prompts as vllm bench serve's `custom` JSONL: {"prompt": ...} per line."""
+def write_dataset(chats: list[list[dict]], path: Path) -> Path:
+    """One-turn chats as vllm bench serve's `custom` JSONL: {"prompt": ...} per line."""
     lines = []
-    for chat in workload.chats:
+    for chat in chats:
         if len(chat) != 1 or chat[0]["role"] != "user":
             raise ValueError(f"echo-vllm bench: --serve sends one-turn user prompts, got a chat of {len(chat)} "
                              "messages")
@@ -233,7 +233,7 @@ def run_online(plan: BenchPlan, servers: dict[str, str], save) -> dict:
     with tqdm(total=len(loads) * plan.repetitions, desc="bench (serve)", unit="round") as bar:
         for w in loads:
             results["input_tokens"][f"{w.table} {w.key}"] = statistics.mean(w.input_tokens)
-            dataset = write_dataset(w, directory / f"{w.table}-{w.key}.jsonl")
+            dataset = write_dataset(w.chats, directory / f"{w.table}-{w.key}.jsonl")
 
             def run(name: str, max_tokens: int, stem: str | None) -> dict | None:
                 result = None if stem is None else directory / f"{stem}.json"

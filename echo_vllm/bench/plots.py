@@ -60,7 +60,8 @@ def undrafted(r: dict) -> bool:
             or (verified is not None and verified < MIN_VERIFIED_DRAFT_TOKENS))
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: figures go to files, no display needed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +73,7 @@ def _pyplot():
 def _figure(title: str, subtitle: str):
     import textwrap
 
-    fig, ax = _pyplot().subplots(figsize=(9.5, 5.0), layout="constrained")
+    fig, ax = pyplot().subplots(figsize=(9.5, 5.0), layout="constrained")
     fig.suptitle(title, fontweight="bold")
     ax.set_title("\n".join(textwrap.wrap(subtitle, 100)), fontsize=8.5, color="0.3", loc="left")
     ax.grid(alpha=0.3)
@@ -221,9 +222,10 @@ def projection_figure(projection: dict, profile_name: str, source: str):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """The figure as a PNG at `path` (120 dpi), then closed: pyplot keeps every open figure."""
     fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -231,12 +233,12 @@ def write_plots(results: dict, meta: dict, out_dir: Path) -> list[Path]:
     """throughput.png and utilization.png (with a throughput table), speedup.png (with a latency table)."""
     written = []
     if results["throughput"]:
-        written.append(_save(throughput_figure(results["throughput"], meta), out_dir / "throughput.png"))
-        written.append(_save(utilization_figure(results["throughput"], meta), out_dir / "utilization.png"))
+        written.append(save_figure(throughput_figure(results["throughput"], meta), out_dir / "throughput.png"))
+        written.append(save_figure(utilization_figure(results["throughput"], meta), out_dir / "utilization.png"))
     if results["latency"]:
-        written.append(_save(speedup_figure(results["latency"], meta), out_dir / "speedup.png"))
+        written.append(save_figure(speedup_figure(results["latency"], meta), out_dir / "speedup.png"))
     return written
 
 
 def write_projection_plot(projection: dict, profile_name: str, source: str, out_dir: Path) -> Path:
-    return _save(projection_figure(projection, profile_name, source), out_dir / "projection.png")
+    return save_figure(projection_figure(projection, profile_name, source), out_dir / "projection.png")

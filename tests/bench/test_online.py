@@ -86,11 +86,11 @@ def test_vllms_own_parser_reads_the_command(tmp_path):
 def test_the_dataset_is_custom_jsonl_of_one_turn_prompts(tmp_path):
     w = Workload("throughput", "2", 2, [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Why?"}]],
                  [5, 6])
-    online.write_dataset(w, tmp_path / "d.jsonl")
+    online.write_dataset(w.chats, tmp_path / "d.jsonl")
     assert (tmp_path / "d.jsonl").read_text() == '{"prompt": "Hi"}\n{"prompt": "Why?"}\n'
     two_turns = Workload("latency", "x", 1, [[{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]], [3])
     with pytest.raises(ValueError, match="one-turn user prompts"):
-        online.write_dataset(two_turns, tmp_path / "e.jsonl")
+        online.write_dataset(two_turns.chats, tmp_path / "e.jsonl")
 
 
 METRICS_BEFORE = """\
