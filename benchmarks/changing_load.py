@@ -16,7 +16,7 @@ path is printed:
   eagle3 K=1..3  vLLM's EAGLE-3 chain of K drafts with the committed head (heads/smollm2-135m-eagle3)
   dynamic_sd     vLLM's dynamic speculative decoding, the same head with K by batch size:
                  --dynamic-sd-table (vLLM's num_speculative_tokens_per_batch_size, inclusive
-                 ranges [first, last, K]), by default K=2 for 1-2 requests, 1 for 3-4, none above
+                 ranges [first, last, K]), by default echo_vllm.bench.plan.DYNAMIC_SD_TABLE
   echo           echo with the committed head (its calibration file beside it)
 
 The servers start with VLLM_LOG_STATS_INTERVAL=1, so that echo's counters (updated once per
@@ -57,6 +57,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from echo_vllm.assets.models import model_dir  # noqa: E402
 from echo_vllm.bench import online  # noqa: E402
+from echo_vllm.bench.plan import DYNAMIC_SD_TABLE, dynamic_sd_config, dynamic_sd_table  # noqa: E402
 from echo_vllm.bench.changing_load import (  # noqa: E402
     ChangingLoadPlan, file_stem, parse_phases, run_changing_load, write_outputs)
 from echo_vllm.serving import stop  # noqa: E402
@@ -66,37 +67,25 @@ SERVE = REPO / "examples" / "serve.sh"
 TARGET = "smollm2-135m"  # what examples/serve.sh serves; vllm bench serve counts tokens with its tokenizer
 HEAD = "heads/smollm2-135m-eagle3"  # relative: examples/serve.sh runs in the repository root
 FIRST_PORT = 8000
-DYNAMIC_SD_TABLE = [[1, 2, 2], [3, 4, 1], [5, 1024, 0]]
 DEFAULT_SERVERS = ("plain", "eagle3 K=1", "eagle3 K=2", "eagle3 K=3", "dynamic_sd", "echo")
 START_TIMEOUT_S = 900  # six servers starting at once on two cores take minutes
 
 
-def speculative_configs(dynamic_sd_table: list) -> dict[str, str]:
+def speculative_configs(dynamic_sd_table: tuple) -> dict[str, str]:
     """Each default server's SPECULATIVE_CONFIG for examples/serve.sh ("": no speculation)."""
-    eagle3 = {"method": "eagle3", "model": HEAD}
     configs = {"plain": ""}
     for k in (1, 2, 3):
-        configs[f"eagle3 K={k}"] = json.dumps({**eagle3, "num_speculative_tokens": k})
-    # vLLM drafts at most num_speculative_tokens whatever the table says: the table's largest K
-    most = max(k for _, _, k in dynamic_sd_table)
-    configs["dynamic_sd"] = json.dumps({**eagle3, "num_speculative_tokens": most,
-                                        "num_speculative_tokens_per_batch_size": dynamic_sd_table})
+        configs[f"eagle3 K={k}"] = json.dumps({"method": "eagle3", "model": HEAD, "num_speculative_tokens": k})
+    configs["dynamic_sd"] = json.dumps(dynamic_sd_config(HEAD, dynamic_sd_table))
     configs["echo"] = json.dumps({"method": "echo", "model": HEAD})
     return configs
 
 
-def dynamic_sd_table(value: str) -> list:
-    """--dynamic-sd-table: JSON that vLLM's own check accepts, with some K >= 1."""
-    from vllm.v1.spec_decode.dynamic.utils import validate_and_normalize_dynamic_sd_schedule
-
+def dynamic_sd_table_option(value: str) -> tuple:
     try:
-        table = json.loads(value)
-        validate_and_normalize_dynamic_sd_schedule(table)
-    except ValueError as error:  # json's errors are ValueErrors too
-        raise argparse.ArgumentTypeError(f"{value!r} is not a table vLLM takes: {error}") from None
-    if max(k for _, _, k in table) < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} drafts nothing at any batch size; give some range K >= 1")
-    return table
+        return dynamic_sd_table(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def start_server(name: str, port: int, config: str, logs: Path) -> subprocess.Popen:
@@ -159,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
                         help="with --start: which of the default servers, comma-separated, plain among them "
                         "(default: %(default)s)")
-    parser.add_argument("--dynamic-sd-table", type=dynamic_sd_table, default=DYNAMIC_SD_TABLE,
+    parser.add_argument("--dynamic-sd-table", type=dynamic_sd_table_option, default=DYNAMIC_SD_TABLE,
                         help="with --start: dynamic_sd's [[first, last, K], ...] by batch size, as JSON "
                         "(default: %(default)s)")
     parser.add_argument("--phases", default="1x8,16x32,64x128,4x16,1x8",

@@ -55,10 +55,7 @@ class BenchPlan:
                 for k in self.eagle3_ks:
                     configs[f"eagle3 K={k}"] = {"method": "eagle3", "model": self.head, "num_speculative_tokens": k}
             elif method == "dynamic_sd":
-                configs["dynamic_sd"] = {"method": "eagle3", "model": self.head,
-                                         "num_speculative_tokens": max(k for _, _, k in self.dynamic_sd_table),
-                                         "num_speculative_tokens_per_batch_size": [list(r) for r in
-                                                                                   self.dynamic_sd_table]}
+                configs["dynamic_sd"] = dynamic_sd_config(self.head, self.dynamic_sd_table)
             elif method == "static":
                 configs["static"] = {**echo, **STATIC_TREE, "policy": "static"}
             elif method == "ddd":
@@ -94,20 +91,24 @@ def positive_ints(value: str, option: str) -> tuple[int, ...]:
 
 
 def dynamic_sd_table(value: str) -> tuple[tuple[int, int, int], ...]:
-    """`--dynamic-sd-table`: JSON [[first bs, last bs, K], ...], vLLM's
-    num_speculative_tokens_per_batch_size; the ranges ascending from bs 1, some K >= 1."""
-    usage = "must be JSON [[first bs, last bs, K], ...] ranges ascending from bs 1 without overlap, K >= 0"
+    """`--dynamic-sd-table`: JSON [[first bs, last bs, K], ...] that vLLM's own check takes
+    (num_speculative_tokens_per_batch_size), with some K >= 1."""
+    from vllm.v1.spec_decode.dynamic.utils import validate_and_normalize_dynamic_sd_schedule
+
     try:
-        table = tuple((int(first), int(last), int(k)) for first, last, k in json.loads(value))
-    except (ValueError, TypeError):
-        raise _fail(f"--dynamic-sd-table {value!r} {usage}") from None
-    ends = [0] + [last for _, last, _ in table]
-    ordered = all(first > ends[i] and last >= first and k >= 0 for i, (first, last, k) in enumerate(table))
-    if not table or not ordered or table[0][0] != 1:
-        raise _fail(f"--dynamic-sd-table {value!r} {usage}")
+        table = tuple(validate_and_normalize_dynamic_sd_schedule(json.loads(value)))
+    except (ValueError, TypeError) as error:  # json's errors are ValueErrors too
+        raise _fail(f"--dynamic-sd-table {value!r} is not a table vLLM takes: {error}") from None
     if max(k for _, _, k in table) < 1:
         raise _fail(f"--dynamic-sd-table {value!r} drafts at no batch size: give some range a K >= 1")
     return table
+
+
+def dynamic_sd_config(head: str, table: tuple[tuple[int, int, int], ...]) -> dict:
+    """vLLM's Dynamic SD: eagle3 with a chain length per batch-size range. vLLM drafts at most
+    num_speculative_tokens whatever the table says: the table's largest K."""
+    return {"method": "eagle3", "model": head, "num_speculative_tokens": max(k for _, _, k in table),
+            "num_speculative_tokens_per_batch_size": [list(r) for r in table]}
 
 
 def _model_dir(path: str, option: str) -> str:
