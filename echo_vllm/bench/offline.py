@@ -115,6 +115,7 @@ def acceptance(before: dict[str, float], after: dict[str, float]) -> dict:
         "mat": 1.0 + accepted / drafts if drafts else None,
         "utilization": accepted / draft_tokens if draft_tokens else None,
         "verified_drafts_per_step": draft_tokens / drafts if drafts else None,  # per request
+        "drafted_request_steps": drafts,  # a request's step with drafts counts once
     }
 
 

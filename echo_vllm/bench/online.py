@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -50,8 +51,10 @@ def parse_servers(values: list[str]) -> dict[str, str]:
     """`NAME=URL` pairs, in order; one must be named `plain` (every ratio is against it)."""
     servers: dict[str, str] = {}
     for value in values:
-        name, _, url = value.partition("=")
-        if not name or not url.startswith(("http://", "https://")) or name in servers:
+        # the name may hold "=" itself ("eagle3 K=2=http://..."): it ends where the URL starts
+        pair = re.fullmatch(r"(.+?)=(https?://.+)", value)
+        name, url = pair.groups() if pair else ("", "")
+        if not name or name in servers:
             raise ValueError(f"echo-vllm bench: --serve {value!r} must be NAME=http://HOST:PORT, "
                              "each NAME once")
         servers[name] = url.rstrip("/")

@@ -135,7 +135,7 @@ def _train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, d
     phase_seconds["train"] = round(time.time() - phase_started)
     phase_seconds = accumulated_phase_seconds(work / "phase_seconds.json", phase_seconds, checkpoint.stem)
     summary.update({
-        "command": " ".join(["echo-vllm", *sys.argv[1:]]) if sys.argv[0].endswith("echo-vllm") else None,
+        "command": recorded_command(),
         "target": Path(target).name,
         "prompts": len(samples),
         "response_tokens": sum(len(s.response_ids) for s in samples),
@@ -152,6 +152,14 @@ def _train_draft(target: str, out: str, num_prompts: int, max_new_tokens: int, d
     })
     export_head(head, config, d2t, t2d, Path(out))
     return summary
+
+
+def recorded_command() -> str | None:
+    """The echo-vllm command line for the card, this machine's cache directory written as
+    $ECHO_VLLM_CACHE (a card names no local path); None when not run from the command line."""
+    if not sys.argv[0].endswith("echo-vllm"):
+        return None
+    return " ".join(["echo-vllm", *sys.argv[1:]]).replace(str(cache_dir()), "$ECHO_VLLM_CACHE")
 
 
 def vocabulary_maps(samples, vocab_size: int, draft_vocab_size: int):

@@ -181,3 +181,11 @@ def test_rows_and_the_served_report():
 def test_a_server_that_does_not_answer_is_named():
     with pytest.raises(RuntimeError, match="no server answers at http://127.0.0.1:9 .*start each --serve server"):
         online.served_model("http://127.0.0.1:9")
+
+
+def test_server_names_may_hold_an_equals_sign():
+    servers = online.parse_servers(["plain=http://127.0.0.1:8000", "eagle3 K=2=http://127.0.0.1:8001"])
+    assert servers == {"plain": "http://127.0.0.1:8000", "eagle3 K=2": "http://127.0.0.1:8001"}
+    for bad in (["plain=http://a:1", "plain=http://a:2"], ["plain=ftp://a"], ["http://a:1"], ["echo=http://a:1"]):
+        with pytest.raises(ValueError, match="--serve"):
+            online.parse_servers(bad)

@@ -7,7 +7,7 @@ from vllm import LLM, SamplingParams
 
 from conftest import shutdown
 from echo_vllm import cli
-from echo_vllm.training.pipeline import train_draft
+from echo_vllm.training.pipeline import recorded_command, train_draft
 from echo_vllm.training.train import TrainConfig
 from tiny_models import build_tiny_chat_llama
 
@@ -74,3 +74,11 @@ def test_other_data_settings_in_the_same_work_dir_are_refused(trained, tiny_chat
 def test_missing_target_is_refused_before_any_work(tmp_path, capsys):
     assert cli.main(["train-draft", "--target", str(tmp_path / "nope"), "--out", str(tmp_path / "h")]) == 1
     assert "has no config.json" in capsys.readouterr().err
+
+
+def test_the_card_names_the_cache_not_this_machines_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("ECHO_VLLM_CACHE", str(tmp_path))
+    monkeypatch.setattr("sys.argv", ["/venv/bin/echo-vllm", "train-draft", "--work-dir", f"{tmp_path}/training/h"])
+    assert recorded_command() == "echo-vllm train-draft --work-dir $ECHO_VLLM_CACHE/training/h"
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    assert recorded_command() is None
