@@ -451,8 +451,8 @@ def timeline_figure(results: dict):
     rate_ax.set_xlabel("seconds of each server's own busy time (the spans its turns kept it busy, back to back)")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.legend(*rate_ax.get_legend_handles_labels(), loc="outside right upper", frameon=False, fontsize=9,
-               title="server")
+    fig.legend(*rate_ax.get_legend_handles_labels(), loc="outside lower center", ncols=len(names), frameon=False,
+               fontsize=9)
     return fig
 
 
