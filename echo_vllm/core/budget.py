@@ -166,22 +166,27 @@ def compute_bound(tokens: list[int], seconds: list[float], min_share: float = 0.
                for i in (len(tokens) - 3, len(tokens) - 2))
 
 
-def goodput_budget(node_values: torch.Tensor, num_requests: int, cost: CostModel, overhead_s: float) -> int:
+def goodput_budget(node_values: torch.Tensor, num_requests: int, cost: CostModel,
+                   overhead_s: float | torch.Tensor) -> int:
     """The budget G (draft tokens) with the best expected goodput for this step.
 
     node_values [L]: expected accepted tokens each node of the allocation order adds (its
     path probability), in that order. Step goodput for G: (num_requests committed tokens
-    for sure + the first G values) / (cost(num_requests + G) + overhead_s). Ties go to the
-    smaller budget. Worked example: values [.9, .5, .1], 2 requests, cost 1 s + .3 s per token
-    beyond 2, no overhead -> goodput [2, 2.23, 2.13, 1.84] -> G = 1.
+    for sure + the first G values) / (cost(num_requests + G) + overhead_s). overhead_s: the
+    step's seconds besides the pass, one number or one per budget [L + 1] (drafting as deep
+    as the first G nodes reach: a deeper node must pay for its depth's drafting too). Ties go
+    to the smaller budget. Worked example: values [.9, .5, .1], 2 requests, cost 1 s + .3 s
+    per token beyond 2, no overhead -> goodput [2, 2.23, 2.13, 1.84] -> G = 1.
     """
     gains = torch.cat([torch.zeros(1, dtype=torch.float64), node_values.to(torch.float64).cpu().cumsum(0)])
     return int(step_goodputs(num_requests, gains, cost, overhead_s).argmax())
 
 
-def step_goodputs(num_requests: int, gains: torch.Tensor, cost: CostModel, overhead_s: float) -> torch.Tensor:
+def step_goodputs(num_requests: int, gains: torch.Tensor, cost: CostModel,
+                  overhead_s: float | torch.Tensor) -> torch.Tensor:
     """Expected committed tokens per second of a step, for every budget G = 0..len(gains)-1:
-    (num_requests + gains[G]) / (cost(num_requests + G) + overhead_s); gains[0] = 0."""
+    (num_requests + gains[G]) / (cost(num_requests + G) + overhead_s[G]); gains[0] = 0;
+    overhead_s one number for every G, or one per G."""
     tokens = num_requests + torch.arange(len(gains), dtype=torch.float64)
     return (num_requests + gains) / (cost(tokens) + overhead_s)
 

@@ -375,8 +375,10 @@ class EchoProposer(EagleProposer):
         batch, pool_size = pool.scores.shape
         on_paths = most_confident_paths(pool.scores, pool.parent_idx, depth_of)
         order = allocation_order(pool.scores, pool.parent_idx, depth_of, caps, on_paths)
-        node_values = pool.scores.flatten()[order].exp() if self.policy.auto_budget() else None
-        budget = self.policy.budget(plan, node_values, batch)
+        auto = self.policy.auto_budget()
+        node_values = pool.scores.flatten()[order].exp() if auto else None
+        node_depths = depth_of[order % pool_size] if auto else None
+        budget = self.policy.budget(plan, node_values, node_depths, batch)
         chosen = allocate(order, batch, pool_size, budget)
         self.counters.nodes_bought = self.counters.nodes_bought + chosen.sum()
         self.counters.nodes_bought_deep = self.counters.nodes_bought_deep + (chosen & on_paths).sum()

@@ -96,6 +96,12 @@ class BatchPolicy:
         # each pass), the drafting time per step by batch size, and the acceptance per request.
         self.cost_model: CostModel | None = None
         self.draft_cost = LinearCost()
+        # Drafting seconds against the depths drafted, per batch-size class: what one more
+        # depth costs, which the budget weighs against what that depth's nodes are expected
+        # to add (elastic depth then drafts only depths that pay). Its slope comes from the
+        # probe steps, which draft a depth deeper (and a node wider: on the devices measured,
+        # a wider frontier costs little beside a deeper one).
+        self.draft_depth_costs: dict[int, LinearCost] = {}
         # The rest of a step's time, by batch size: scheduling, input preparation, output
         # processing (the time between two drafting calls, less the drafting and the target
         # pass between them).
@@ -144,6 +150,17 @@ class BatchPolicy:
         """Expected seconds to draft a step of `batch` requests (0 before any was timed)."""
         return self.draft_cost(batch) or 0.0
 
+    def drafting_seconds(self, batch: int, node_depths: torch.Tensor) -> torch.Tensor:
+        """[M + 1] expected seconds to draft a step of `batch` requests as deep as the first G
+        of nodes at `node_depths` [M] (in allocation order) reach, G = 0..M (at least depth 1:
+        drafting at all is the step decision's business, not the budget's)."""
+        deepest = torch.cat([torch.ones(1, dtype=torch.int64), node_depths.cpu().long().cummax(0).values.clamp(min=1)])
+        depth_cost = self.draft_depth_costs.get(batch.bit_length())
+        if depth_cost is None or depth_cost(1) is None:
+            return torch.full(deepest.shape, self.draft_seconds(batch), dtype=torch.float64)
+        by_depth = torch.tensor([depth_cost(d) for d in range(int(deepest[-1]) + 1)], dtype=torch.float64)
+        return by_depth[deepest]
+
     def step_seconds_besides_drafting(self, batch: int) -> float:
         """Expected seconds of a step of `batch` requests outside the target pass and drafting."""
         return self.step_overhead(batch) or 0.0
@@ -170,14 +187,20 @@ class BatchPolicy:
         now = self.clock()
         if plan.draft:
             self.draft_cost.observe(len(req_ids), now - self._caught_up)
+            depth_cost = self.draft_depth_costs.get(len(req_ids).bit_length())
+            if depth_cost is None:  # not setdefault: that would build one every step
+                depth_cost = self.draft_depth_costs[len(req_ids).bit_length()] = LinearCost()
+            depth_cost.observe(plan.depths, now - self._caught_up)
         else:
             self.counters.num_undrafted_steps += 1
         catch_up = self._caught_up - self._called if plan.draft else 0.0
         self._last_call = _DraftingCall(self._called, now - self._called, frozenset(req_ids), plan.draft, catch_up)
 
-    def budget(self, plan: StepPlan, node_values: torch.Tensor, batch: int) -> int | None:
+    def budget(self, plan: StepPlan, node_values: torch.Tensor | None, node_depths: torch.Tensor | None,
+               batch: int) -> int | None:
         """Draft tokens the batch verifies (None: every node the requests' caps allow).
-        node_values [M]: the pool nodes' path probabilities in allocation order."""
+        node_values, node_depths [M]: the pool nodes' path probabilities and draft depths, in
+        allocation order (the auto budget's inputs; None for a fixed budget)."""
         budget = self.config.budget
         if budget == "auto":
             self.acceptance_curve.observe(node_values, batch)
@@ -185,7 +208,7 @@ class BatchPolicy:
             # no cost model yet (start-up passes): every node the caps allow
             budget = None if self.cost_model is None else goodput_budget(
                 node_values * self.acceptance_curve.scale, batch, self.cost_model,
-                self.draft_seconds(batch) + self.step_seconds_besides_drafting(batch))
+                self.drafting_seconds(batch, node_depths) + self.step_seconds_besides_drafting(batch))
             if budget is not None and plan.exploring:
                 budget = max(budget, batch)  # measure at least one draft per request
             (shared,) = self.share([-1 if budget is None else budget])

@@ -130,6 +130,10 @@ def test_goodput_budget_worked_example_and_load():
     # a memory-bound pass (verification nearly free) buys every node
     flat = CostModel([2, 64], [1.0, 1.01])
     assert goodput_budget(torch.tensor([0.9, 0.5, 0.1]), 2, flat, overhead_s=0.0) == 3
+    # unless its nodes' drafting costs: values at depths 1, 2, 3, drafting 0.1 s a depth beyond
+    # the first -> goodput [2, 2.9, 3.4 / 1.1 = 3.09, 3.5 / 1.2 = 2.92] -> G = 2
+    by_budget = torch.tensor([0.0, 0.0, 0.1, 0.2], dtype=torch.float64)
+    assert goodput_budget(torch.tensor([0.9, 0.5, 0.1]), 2, flat, overhead_s=by_budget) == 2
 
 
 def test_acceptance_curve_is_per_request_and_predicts_other_batch_sizes():

@@ -41,7 +41,7 @@ def run_step(policy, clock, batch, draft_s, accepted_per_request, pass_s=0.010):
     if plan.draft:
         policy.caught_up(0)
         clock.now += draft_s
-        policy.budget(plan, torch.full((batch * 4,), 0.5), batch)
+        policy.budget(plan, torch.full((batch * 4,), 0.5), torch.ones(batch * 4, dtype=torch.int64), batch)
     else:
         clock.now += 0.0001
     policy.drafted(plan, req_ids)
@@ -121,9 +121,26 @@ def test_exploring_buys_at_least_one_draft_per_request():
     plan = policy.decide(["a", "b", "c"], 0)
     exploring = dataclasses.replace(plan, exploring=True)
     # node values so low that the goodput budget buys nothing
-    assert policy.budget(plan, torch.full((12,), 1e-6), 3) == 0
-    assert policy.budget(exploring, torch.full((12,), 1e-6), 3) == 3
+    assert policy.budget(plan, torch.full((12,), 1e-6), torch.ones(12, dtype=torch.int64), 3) == 0
+    assert policy.budget(exploring, torch.full((12,), 1e-6), torch.ones(12, dtype=torch.int64), 3) == 3
     assert policy.counters.num_budgeted_steps == 2 and policy.counters.budget_sum == 3
+
+
+def test_a_deeper_node_pays_for_its_depths_drafting():
+    policy, clock = make_policy({**ECHO_AUTO, "topk": 1, "num_draft_tokens": 4})
+    policy.cost_model = CostModel([1, 64], [0.010, 0.010])  # verifying more tokens is free
+    for depths in (1, 2, 3) * 3:  # drafting takes 2 ms a depth
+        plan = dataclasses.replace(policy.decide(["a"], 0), depths=depths)
+        policy.caught_up(0)
+        clock.now += 0.002 * depths
+        policy.drafted(plan, ["a"])
+        clock.now += 0.010
+    plan = policy.decide(["a"], 0)
+    depths = torch.tensor([1, 2, 3])
+    # goodput by budget: 1 / .012, 1.9 / .012, 2.4 / .014 = 171, 2.45 / .016 = 153: depth 3 does
+    # not pay for its drafting although verifying it is free
+    assert policy.budget(plan, torch.tensor([0.9, 0.5, 0.05]), depths, 1) == 2
+    assert policy.budget(plan, torch.tensor([0.9, 0.5, 0.4]), depths, 1) == 3  # 2.8 / .016 = 175
 
 
 def test_static_policy_always_drafts_every_depth_without_a_budget():
