@@ -3,9 +3,10 @@
 Runs the target with echo's static tree (gating off) over a prompt set, greedy, in batches
 of the serving batch size; records per request-step the gate statistics by depth and how
 deep the target accepted (echo_vllm.runner); times the target pass (cost model) and the
-drafter at that batch size; then picks the judge depth, statistic and threshold with the
-best expected goodput (echo_vllm.core.calibration) and writes the calibration file the
-engine loads with `"calibration_file": PATH`.
+drafter at that batch size; then picks the tree (depth and nodes, within the recorded one),
+the judge depth, statistic and threshold with the best expected goodput
+(echo_vllm.core.calibration) and writes the calibration file the engine loads with
+`"calibration_file": PATH` (and finds beside the head as HEAD/calibration.json).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from echo_vllm.assets.models import context_length
 from echo_vllm.calibration_file import model_fingerprint, write_calibration
 from echo_vllm.core.budget import CostModel
-from echo_vllm.core.calibration import choose_gate, step_costs
+from echo_vllm.core.calibration import choose_gate, choose_tree, step_costs, tree_ranks
 from echo_vllm.core.gating import STATISTICS
 from echo_vllm.device import tool_dtype
 
@@ -66,21 +67,29 @@ def calibrate(target: str, draft: str, out: str, source: str = "training", num_p
         raise RuntimeError("echo-vllm: calibration recorded no verification steps; give more prompts or tokens")
     statistics = torch.tensor([r[0] for r in records])  # [R, D-1, S]
     path_ranks = torch.tensor([r[1] for r in records])  # [R, D]
-    costs = step_costs(CostModel(**cost_points), draft_seconds, batch_size, steps, num_draft_tokens)
+    cost = CostModel(**cost_points)
+    draft_depth_s = draft_seconds / steps
+    chosen = choose_tree(path_ranks, cost, draft_depth_s / batch_size, batch_size, num_draft_tokens)
+    costs = step_costs(cost, draft_depth_s, batch_size, chosen.num_draft_tokens)
     if records_out:
         torch.save({"statistics": statistics, "path_ranks": path_ranks, "statistic_names": list(STATISTICS),
                     "contexts": torch.tensor([r[2] for r in records]), "context_names": ["acceptance_ema", "prefix_len"],
                     "step_costs": asdict(costs), "num_draft_tokens": num_draft_tokens}, records_out)
-    statistic, best, tables = choose_gate(statistics, path_ranks, num_draft_tokens, remaining_num_draft_tokens, costs)
+    statistic, best, tables = choose_gate(statistics[:, :chosen.steps - 1],
+                                          tree_ranks(path_ranks, chosen.steps, chosen.num_draft_tokens),
+                                          chosen.num_draft_tokens, remaining_num_draft_tokens, costs)
     content = {
-        **tree,
+        "steps": chosen.steps, "topk": topk, "num_draft_tokens": chosen.num_draft_tokens,
+        "tree_choice": {"expected_committed": chosen.expected_committed,
+                        "goodput_vs_recorded_tree": chosen.goodput_gain},
         "judge_depth": [best.depth], "threshold": [best.threshold], "gate_statistic": statistic,
         "remaining_num_draft_tokens": best.remaining_num_draft_tokens,
         # names for messages only (the fingerprints identify the models); no machine paths in a shared file
         "models": {"target": Path(target).name, "draft": Path(draft).name},
         "fingerprints": {"target": model_fingerprint(target), "draft": model_fingerprint(draft)},
         "measured_with": {"prompts": source, "num_prompts": len(chats), "batch_size": batch_size,
-                          "run_batch_size": run_batch_size, "max_tokens": max_tokens, "records": len(records)},
+                          "run_batch_size": run_batch_size, "max_tokens": max_tokens, "records": len(records),
+                          "tree": tree},
         "step_costs": asdict(costs), "cost_model": cost_points,
         "table": {name: [asdict(row) for row in table] for name, table in tables.items()},
     }
@@ -90,9 +99,13 @@ def calibrate(target: str, draft: str, out: str, source: str = "training", num_p
 
 
 def print_table(content: dict, out: str) -> None:
-    print(f"\nSweet-Spot calibration, {content['measured_with']['records']} request-steps "
-          f"(tree steps {content['steps']} x topk {content['topk']}, {content['num_draft_tokens']} nodes; "
-          f"batch size {content['measured_with']['batch_size']})")
+    measured = content["measured_with"]
+    print(f"\nSweet-Spot calibration, {measured['records']} request-steps recorded on tree steps "
+          f"{measured['tree']['steps']} x topk {measured['tree']['topk']}, {measured['tree']['num_draft_tokens']} "
+          f"nodes; for batch size {measured['batch_size']}")
+    print(f"tree: steps {content['steps']}, {content['num_draft_tokens']} nodes, expected "
+          f"{content['tree_choice']['expected_committed']:.2f} tokens per request-step, goodput "
+          f"{content['tree_choice']['goodput_vs_recorded_tree']:.3f}x the recorded tree's")
     print("| statistic | depth | remaining | AUC | threshold | gated | E[committed] | goodput vs no gate |")
     print("|---|---|---|---|---|---|---|---|")
     for name, rows in content["table"].items():

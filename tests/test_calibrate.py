@@ -26,13 +26,16 @@ def calibration(tiny_chat_pair, tmp_path_factory):
 
 def test_calibration_file_holds_a_choice_and_its_table(calibration):
     content = json.loads(calibration.read_text())
-    assert {k: content[k] for k in TREE} == TREE
-    assert content["judge_depth"][0] in (1, 2) and 0.0 <= content["threshold"][0] <= 1.0
+    assert content["measured_with"]["tree"] == {"policy": "static", **TREE}
+    # the tree chosen within the recorded one, its gate at a depth it drafts
+    assert 2 <= content["steps"] <= TREE["steps"] and 2 <= content["num_draft_tokens"] <= TREE["num_draft_tokens"]
+    assert content["topk"] == TREE["topk"]
+    assert 1 <= content["judge_depth"][0] < content["steps"] and 0.0 <= content["threshold"][0] <= 1.0
     assert content["gate_statistic"] in ("frontier_sum", "best_path")
     assert content["measured_with"]["records"] > 8
     # chosen for a lone request, the prompts run four at a time
     assert (content["measured_with"]["batch_size"], content["measured_with"]["run_batch_size"]) == (1, 4)
-    assert [row["depth"] for row in content["table"]["frontier_sum"]] == [1, 2]
+    assert [row["depth"] for row in content["table"]["frontier_sum"]] == list(range(1, content["steps"]))
     assert all(0.0 <= row["auc"] <= 1.0 for rows in content["table"].values() for row in rows)
 
 

@@ -1,12 +1,16 @@
-"""The Sweet Spot: which judge depth and threshold the echo gate should use.
+"""The Sweet Spot: which tree, judge depth and threshold the echo gate should use.
 
 Calibration runs with gating off and records, per request and step, the gate statistic at
 every depth d = 1 .. D-1 and the accepted path: for each depth j, the rank (by score, 0 =
 best) of the accepted node at depth j among the request's whole candidate pool, or NOT_ACCEPTED.
 Gating at depth d would have been right for a record iff it accepted at most d drafts.
-Per depth we report how well the statistic separates the two (ROC AUC) and pick the
-threshold with the best expected goodput under the step costs measured in the same run;
-the judge depth is the depth whose best threshold gives the best goodput.
+
+First the tree an ungated request verifies (`choose_tree`): the depth and node count with the
+best expected goodput under the measured costs, no larger than the recorded tree (a tree of
+N nodes keeps the recorded path's leading nodes ranked below N - 1). Against that tree, per
+depth we report how well the statistic separates the two (ROC AUC) and pick the threshold
+with the best expected goodput under the step costs measured in the same run; the judge
+depth is the depth whose best threshold gives the best goodput.
 
 A gated record keeps its remaining_num_draft_tokens - 1 best nodes of depths <= d. It would
 have accepted the leading accepted-path nodes of depth <= d whose rank is below that count
@@ -65,6 +69,49 @@ def roc_auc(scores: torch.Tensor, positives: torch.Tensor) -> float:
 def accepted_lengths(path_ranks: torch.Tensor) -> torch.Tensor:
     """[R] draft tokens accepted, from path_ranks [R, D]."""
     return (path_ranks < NOT_ACCEPTED).sum(dim=1)
+
+
+@dataclass(frozen=True)
+class TreeChoice:
+    steps: int  # draft depths
+    num_draft_tokens: int  # verified nodes per request, root included
+    expected_committed: float  # tokens per request-step, bonus included
+    goodput_gain: float  # expected goodput / the recorded tree's
+
+
+def tree_ranks(path_ranks: torch.Tensor, steps: int, num_draft_tokens: int) -> torch.Tensor:
+    """[R, steps] the path ranks a smaller tree would have verified: depths 1..steps, and of
+    those the leading accepted nodes ranked below num_draft_tokens - 1 (NOT_ACCEPTED after).
+
+    Worked example: ranks [0, 3, 1], 2 depths, 4 nodes -> [0, NOT_ACCEPTED] (rank 3 is not
+    among the 3 best drafts)."""
+    ranks = path_ranks[:, :steps]
+    kept = (ranks < num_draft_tokens - 1).long().cumprod(dim=1).bool()
+    return torch.where(kept, ranks, NOT_ACCEPTED)
+
+
+def choose_tree(path_ranks: torch.Tensor, cost: CostModel, draft_depth_s: float, batch_size: int,
+                num_draft_tokens: int) -> TreeChoice:
+    """The tree (2 .. D depths, 2 .. num_draft_tokens nodes) with the best expected goodput
+    for a request-step at this batch size: committed tokens over its share of a pass that
+    verifies every request's nodes, cost(batch_size * nodes) / batch_size, plus draft_depth_s
+    per depth (ties: the smaller tree). path_ranks [R, D] of the recorded tree.
+
+    On a device where a pass over a few more tokens costs next to nothing (a lone request
+    on a CPU or a GPU), it is as deep and as wide as what the draft gets accepted pays for;
+    where verifying costs (a full batch), it is small."""
+    recorded = None
+    best = None
+    for steps in range(2, path_ranks.shape[1] + 1):
+        for nodes in range(2, num_draft_tokens + 1):
+            committed = 1.0 + float(accepted_lengths(tree_ranks(path_ranks, steps, nodes)).double().mean())
+            seconds = float(cost(torch.tensor(batch_size * nodes))) / batch_size + draft_depth_s * steps
+            if best is None or committed / seconds > best[0]:
+                best = (committed / seconds, steps, nodes, committed)
+            if (steps, nodes) == (path_ranks.shape[1], num_draft_tokens):
+                recorded = committed / seconds
+    goodput, steps, nodes, committed = best
+    return TreeChoice(steps, nodes, committed, goodput / recorded)
 
 
 def record_outcomes(path_ranks: torch.Tensor, depth: int, num_draft_tokens: int,
@@ -155,12 +202,13 @@ def choose_gate(statistics: torch.Tensor, path_ranks: torch.Tensor, num_draft_to
     return best, choices[best][0], {name: table for name, (_, table) in choices.items()}
 
 
-def step_costs(cost: CostModel, draft_seconds: float, batch_size: int, steps: int, num_draft_tokens: int) -> StepCosts:
+def step_costs(cost: CostModel, draft_depth_s: float, batch_size: int, num_draft_tokens: int) -> StepCosts:
     """Per request-step costs at this batch size: its share of a pass over the roots, the
-    pass's marginal cost per verified draft token, the drafter's time per depth."""
+    pass's marginal cost per verified draft token (up to num_draft_tokens per request), the
+    drafter's time per depth (draft_depth_s: a step's drafting per depth, all requests)."""
     roots, full = cost(torch.tensor([batch_size, batch_size * num_draft_tokens]))
     return StepCosts(
         base_s=float(roots) / batch_size,
         per_verified_token_s=float(full - roots) / (batch_size * (num_draft_tokens - 1)),
-        per_draft_depth_s=draft_seconds / (steps * batch_size),
+        per_draft_depth_s=draft_depth_s / batch_size,
     )

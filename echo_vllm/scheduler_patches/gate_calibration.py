@@ -65,7 +65,7 @@ class GateCalibration:
             return  # not enough steps, or no whole tree verified yet: keep recording
         config, policy, records = self.config, self.policy, self.records
         batch = int(np.median(self._online_batch_sizes))
-        costs = step_costs(policy.cost_model, policy.draft_seconds(batch), batch, config.steps, config.num_draft_tokens)
+        costs = step_costs(policy.cost_model, policy.draft_seconds(batch) / config.steps, batch, config.num_draft_tokens)
         statistic, best, _ = choose_gate(torch.tensor([r[0] for r in records]), torch.tensor([r[1] for r in records]),
                                          config.num_draft_tokens, config.remaining_num_draft_tokens, costs)
         depth, threshold, statistic_index, remaining = policy.share(

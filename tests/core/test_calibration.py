@@ -10,9 +10,11 @@ from echo_vllm.core.calibration import (
     choose_gate,
     choose_sweet_spot,
     choose_threshold,
+    choose_tree,
     gate_outcome,
     roc_auc,
     step_costs,
+    tree_ranks,
 )
 
 
@@ -79,7 +81,29 @@ def test_choose_gate_picks_the_informative_statistic():
 
 def test_step_costs_from_a_cost_model():
     cost = CostModel([4, 64], [1.0, 4.0])  # 4 roots: 1 s; each further token 0.05 s
-    costs = step_costs(cost, draft_seconds=0.8, batch_size=4, steps=5, num_draft_tokens=16)
+    costs = step_costs(cost, draft_depth_s=0.16, batch_size=4, num_draft_tokens=16)
     assert costs.base_s == 0.25
     assert abs(costs.per_verified_token_s - 0.05) < 1e-12
     assert abs(costs.per_draft_depth_s - 0.04) < 1e-12
+
+
+def test_a_smaller_tree_keeps_the_leading_accepted_nodes_within_its_size_and_depth():
+    path_ranks = torch.tensor([[0, 3, 1], [0, 1, 2], [1, NOT_ACCEPTED, NOT_ACCEPTED]])
+    assert tree_ranks(path_ranks, 2, 4).tolist() == [[0, NOT_ACCEPTED], [0, 1], [1, NOT_ACCEPTED]]
+    assert tree_ranks(path_ranks, 3, 2).tolist() == [[0, NOT_ACCEPTED, NOT_ACCEPTED], [0, NOT_ACCEPTED, NOT_ACCEPTED],
+                                                     [NOT_ACCEPTED] * 3]
+
+
+def test_the_tree_is_as_large_as_verifying_it_pays_for():
+    _, path_ranks = synthetic_records(2000)  # the accepted node at depth j has rank 2(j - 1)
+    # verifying is free and drafting nearly so: the whole recorded tree, 4 deep (ranks up to 6
+    # need 8 nodes)
+    free = choose_tree(path_ranks, CostModel([1, 64], [1.0, 1.0]), 0.001, 1, 16)
+    assert (free.steps, free.num_draft_tokens) == (4, 8)
+    assert free.goodput_gain == 1.0  # as good as the recorded 16 nodes: the tie goes to the smaller tree
+    # every verified token costs as much as the pass's base: the smallest tree
+    dear = choose_tree(path_ranks, CostModel([1, 64], [1.0, 64.0]), 0.001, 1, 16)
+    assert (dear.steps, dear.num_draft_tokens) == (2, 2)
+    # each depth costs a fifth of a pass: a shallower tree
+    deep_dear = choose_tree(path_ranks, CostModel([1, 64], [1.0, 1.0]), 0.2, 1, 16)
+    assert deep_dear.steps < 4 and deep_dear.num_draft_tokens == 2 * deep_dear.steps
