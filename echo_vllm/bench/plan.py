@@ -22,10 +22,11 @@ TABLES = ("latency", "throughput")
 # SGLang's EAGLE-3 tree (steps, topk, num_draft_tokens): the seed's static configuration
 STATIC_TREE = {"steps": 5, "topk": 8, "num_draft_tokens": 32}
 # vLLM Dynamic SD's (first batch size, last batch size, eagle3 chain length) ranges: the best
-# hand table found for SmolLM2-135M on the 2-core CPU (32 chat prompts, greedy, 128 tokens: at
-# bs 1 eagle3 K=1 35.5 tok/s, K=2 32.7, no speculation 34.4; at bs 16 no speculation 243.7,
-# K=1 158.8, and this table 234.5)
-DYNAMIC_SD_TABLE = ((1, 2, 1), (3, 1024, 0))
+# hand table found for SmolLM2-135M and the committed head on the 2-core CPU (served, changing
+# load, docs/results/changing-load: at 1 request eagle3 K=2 1.36x no speculation, K=1 1.04x;
+# at 4 and more no speculation is best, K=1 0.90x at 4). With the previous head K=1 was best at
+# bs 1-2 (32 chat prompts: K=1 35.5 tok/s, K=2 32.7, no speculation 34.4).
+DYNAMIC_SD_TABLE = ((1, 2, 2), (3, 1024, 0))
 
 
 @dataclasses.dataclass(frozen=True)
