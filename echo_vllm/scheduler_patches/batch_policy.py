@@ -156,7 +156,7 @@ class BatchPolicy:
         drafting at all is the step decision's business, not the budget's)."""
         deepest = torch.cat([torch.ones(1, dtype=torch.int64), node_depths.cpu().long().cummax(0).values.clamp(min=1)])
         depth_cost = self.draft_depth_costs.get(batch.bit_length())
-        if depth_cost is None or depth_cost(1) is None:
+        if depth_cost is None:  # no step of this class drafted yet
             return torch.full(deepest.shape, self.draft_seconds(batch), dtype=torch.float64)
         by_depth = torch.tensor([depth_cost(d) for d in range(int(deepest[-1]) + 1)], dtype=torch.float64)
         return by_depth[deepest]
@@ -186,11 +186,12 @@ class BatchPolicy:
         """The step's drafting is done (its drafts reached the host)."""
         now = self.clock()
         if plan.draft:
-            self.draft_cost.observe(len(req_ids), now - self._caught_up)
-            depth_cost = self.draft_depth_costs.get(len(req_ids).bit_length())
-            if depth_cost is None:  # not setdefault: that would build one every step
-                depth_cost = self.draft_depth_costs[len(req_ids).bit_length()] = LinearCost()
-            depth_cost.observe(plan.depths, now - self._caught_up)
+            drafting = now - self._caught_up
+            self.draft_cost.observe(len(req_ids), drafting)
+            batch_class = len(req_ids).bit_length()
+            if batch_class not in self.draft_depth_costs:  # not setdefault: that would build one every step
+                self.draft_depth_costs[batch_class] = LinearCost()
+            self.draft_depth_costs[batch_class].observe(plan.depths, drafting)
         else:
             self.counters.num_undrafted_steps += 1
         catch_up = self._caught_up - self._called if plan.draft else 0.0
