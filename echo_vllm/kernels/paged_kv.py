@@ -34,8 +34,8 @@ def check_isa(isa: str) -> None:
         )
 
 
-def _split(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """K view [nb, Hkv, Dh, bs] and V view [nb, Hkv, bs, Dh] of one layer's cache."""
+def packed_blocks(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPU_PACKED: K view [nb, Hkv, Dh, bs] and V view [nb, Hkv, bs, Dh] of one layer's cache."""
     num_blocks, kv_heads, block_size, two_dh = kv_cache.shape
     head_size = two_dh // 2
     flat = kv_cache.view(num_blocks, kv_heads, 2, block_size * head_size)
@@ -47,7 +47,7 @@ def _split(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def gather_kv(kv_cache: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V of `slots` [M] as dense [M, Hkv, Dh] tensors (copies)."""
     block_size = kv_cache.shape[2]
-    key, value = _split(kv_cache)
+    key, value = packed_blocks(kv_cache)
     blocks, offsets = slots // block_size, slots % block_size
     k = key[blocks, :, :, offsets]  # [M, Hkv, Dh]
     v = value[blocks, :, offsets, :]  # [M, Hkv, Dh]
@@ -57,7 +57,7 @@ def gather_kv(kv_cache: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor
 def scatter_kv(kv_cache: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Write dense k, v [M, Hkv, Dh] into `slots` [M] of the cache, in place."""
     block_size = kv_cache.shape[2]
-    key, value = _split(kv_cache)
+    key, value = packed_blocks(kv_cache)
     blocks, offsets = slots // block_size, slots % block_size
     key[blocks, :, :, offsets] = k.to(kv_cache.dtype)
     value[blocks, :, offsets, :] = v.to(kv_cache.dtype)

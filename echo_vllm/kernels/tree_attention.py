@@ -5,13 +5,13 @@ Shape key: B requests, N query nodes per request, M tree keys per request, P pre
 (padded to the longest prefix of the batch), H query heads, Hkv kv heads (H % Hkv == 0,
 grouped-query attention), Dh head size.
 
-This torch implementation is the reference every faster kernel is tested against, and the
-CPU path (vLLM's CPU attention kernel knows only causal masks).
+This torch implementation is the reference every faster kernel is tested against (the CPU
+path, kernels/cpu_backend.py, reads the prefix straight from the paged cache instead).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,8 @@ class TreeAttentionBatch:
     max_prefix_len: int  # >= every prefix length (host int: kernels read it without a device sync)
     node_rows: torch.Tensor  # [T'] int64: token rows of the real nodes (padding left out)
     node_index: torch.Tensor  # [T'] int64: where each of them sits in the flattened [R * N] rows
+    # what a backend derives from the above once a step for every layer to reuse, by its own keys
+    derived: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def tree_attention_batch(
