@@ -54,9 +54,11 @@ def test_measured_until_compute_bound_then_read_from_the_cache(monkeypatch):
     monkeypatch.setattr(runner, "same_on_every_rank", lambda values: values)
     first = FakeRunner()
     cost = first.measure_target_cost(repeats=3)
-    # sizes 1..32 (16 -> 32 and 8 -> 16 doubled the time), not up to min(2048, 16 * 32) = 512
-    assert cost.to_dict()["tokens"] == [1, 2, 4, 8, 16, 32]
-    assert first.passes == [1] + [1, 2, 4, 8, 16, 32] * 3
+    # every size to 16, then 32 (16 -> 32 and 8 -> 16 doubled the time), not up to
+    # min(2048, 16 * 32) = 512
+    sizes = [*range(1, 17), 32]
+    assert cost.to_dict()["tokens"] == sizes
+    assert first.passes == [1] + sizes * 3
     again = FakeRunner()
     assert again.measure_target_cost().to_dict() == cost.to_dict() and again.passes == []
     assert again.echo_policy.cost_model is not None

@@ -100,13 +100,18 @@ def allocate(order: torch.Tensor, batch: int, pool_size: int, budget: int | None
 
 class CostModel:
     """Seconds of one target pass as a function of the tokens it verifies (all requests'
-    roots and drafts): piecewise linear through measured points, non-decreasing, extended
-    beyond the measured range with the end segments' slopes, times one factor refined online.
+    roots and drafts): piecewise linear through measured points, extended beyond the measured
+    range with the end segments' slopes, each point refined online by the passes that run
+    near it.
 
-    Each size's fastest pass counts: contention on a shared machine only ever adds time, so
-    the minimum is the estimate a burst of other work disturbs least (the start-up passes
-    take turns across sizes, so a burst slows one pass of several sizes rather than every
-    pass of one size: the shape, which no online factor corrects, stays right)."""
+    Each size's fastest start-up pass counts: contention on a shared machine only ever adds
+    time, so the minimum is the estimate a burst of other work disturbs least (the start-up
+    passes take turns across sizes, so a burst slows one pass of several sizes rather than
+    every pass of one size). The curve is not forced to rise with the tokens: which matrix
+    kernels a pass runs depends on its shape, and on the CPU measured a pass over 3 or 4
+    tokens is faster than one over 1 or 2 (docs/RESULTS.md); the budget buys drafts where
+    they are cheap. A size timed wrong at start-up is corrected where it matters: a size that
+    looks cheap gets run, and its passes move its point."""
 
     def __init__(self, tokens: list[int], seconds: list[float]):
         if len(tokens) < 2 or len(tokens) != len(seconds):
@@ -118,52 +123,68 @@ class CostModel:
         if len(points) < 2:
             raise ValueError(f"echo-vllm: a cost model needs >= 2 distinct token counts, got {tokens}")
         self.tokens = torch.tensor(points, dtype=torch.float64)
-        self.seconds = torch.tensor([min(by_tokens[t]) for t in points], dtype=torch.float64).cummax(dim=0).values
-        self.factor = 1.0
+        self.seconds = torch.tensor([min(by_tokens[t]) for t in points], dtype=torch.float64)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         """Seconds for passes of `tokens` tokens (any shape)."""
-        return self.factor * self._measured(tokens)
-
-    def _measured(self, tokens: torch.Tensor) -> torch.Tensor:
         return piecewise_linear(tokens.to(torch.float64), self.tokens, self.seconds).clamp(min=0.0)
 
     def observe(self, tokens: int, seconds: float, weight: float = 0.05) -> None:
-        """Online refinement with a pass just timed: the factor moves toward its time over the
-        measured points' prediction. One factor for every size keeps the model consistent
-        (moving only the nearest point would bend it where traffic runs, from whatever passes
-        run there, warm-up and prefill included, and leave it stale elsewhere); passes timed
-        at start-up leave out what serving adds (attention over the cache, sampling), which
-        the factor takes in at the sizes traffic runs."""
-        ratio = seconds / max(float(self._measured(torch.tensor(tokens))), 1e-12)
-        self.factor = (1 - weight) * self.factor + weight * ratio
+        """Online refinement with a pass just timed: the two points around `tokens` move
+        toward its time, each in proportion to its interpolation weight (a least-mean-squares
+        step of the piecewise linear model; beyond the measured range the end point moves).
+        Passes timed at start-up leave out what serving adds (attention over the cache and
+        over the trees, sampling); this adds it at the sizes traffic runs, however it grows
+        with the tokens.
+
+        Worked example: points (1, 0.10 s), (5, 0.20 s); a pass of 2 tokens took 0.145 s
+        (predicted 0.125): weight 0.5 moves the first point by 0.5 * 0.75 * 0.02 = 0.0075
+        and the second by 0.5 * 0.25 * 0.02 = 0.0025.
+        """
+        upper = int(torch.searchsorted(self.tokens, torch.tensor(float(tokens), dtype=torch.float64)).clamp(
+            1, len(self.tokens) - 1))
+        lower = upper - 1
+        span = float(self.tokens[upper] - self.tokens[lower])
+        share = min(max((tokens - float(self.tokens[lower])) / span, 0.0), 1.0)  # the upper point's
+        error = seconds - float(self(torch.tensor(tokens)))
+        self.seconds[lower] += weight * (1.0 - share) * error
+        self.seconds[upper] += weight * share * error
 
     def to_dict(self) -> dict:
-        return {"tokens": [int(t) for t in self.tokens], "seconds": [self.factor * float(s) for s in self.seconds]}
+        return {"tokens": [int(t) for t in self.tokens], "seconds": [float(s) for s in self.seconds]}
+
+
+# Sizes up to this many tokens are each timed at start-up: neighbours among them can differ
+# most (the kernels' choice by shape); beyond, sizes double.
+DENSE_SIZES = 16
 
 
 def measurement_sizes(max_tokens: int) -> list[int]:
-    """Token counts to time target passes at: powers of two up to max_tokens, and it.
+    """Token counts to time target passes at: every count up to DENSE_SIZES, then powers of
+    two up to max_tokens, and it.
 
-    Worked example: 40 -> [1, 2, 4, 8, 16, 32, 40].
+    Worked example: 40 -> [1, 2, ..., 16, 32, 40]; 6 -> [1, 2, 3, 4, 5, 6].
     """
-    sizes = [1 << i for i in range(max_tokens.bit_length()) if 1 << i < max_tokens]
-    return sizes + [max_tokens]
+    sizes = [n for n in range(1, min(DENSE_SIZES, max_tokens) + 1)]
+    sizes += [1 << i for i in range(DENSE_SIZES.bit_length(), max_tokens.bit_length()) if 1 << i < max_tokens]
+    return sizes + [max_tokens] if sizes[-1] < max_tokens else sizes
 
 
 def compute_bound(tokens: list[int], seconds: list[float], min_share: float = 0.9) -> bool:
-    """Whether the last two steps between measured sizes each grew the pass time almost as
-    much as the tokens (time ratio >= min_share * token ratio): the pass is compute-bound
-    there, so the cost model's extension beyond its last point (the end slope) holds and
-    larger sizes need not be timed.
+    """Whether the last two steps between measured sizes grew the pass time almost as much
+    as the tokens (time ratio >= min_share * token ratio), past DENSE_SIZES and over powers of
+    two below it (the dense sizes between them would make steps too small to tell): the pass
+    is compute-bound there, so the cost model's extension beyond its last point (the end
+    slope) holds and larger sizes need not be timed.
 
     Worked example: tokens [64, 128, 256], seconds [.010, .019, .037] -> ratios 1.9 and
     1.95 >= 0.9 * 2 -> True; seconds [.010, .011, .020] -> 1.1 < 1.8 -> False.
     """
-    if len(tokens) < 3:
+    doubling = [(t, s) for t, s in zip(tokens, seconds) if t >= DENSE_SIZES or t & (t - 1) == 0]
+    if len(doubling) < 3 or doubling[-1][0] <= DENSE_SIZES:
         return False
-    return all(seconds[i + 1] / max(seconds[i], 1e-12) >= min_share * tokens[i + 1] / tokens[i]
-               for i in (len(tokens) - 3, len(tokens) - 2))
+    (t0, s0), (t1, s1), (t2, s2) = doubling[-3:]
+    return s1 / max(s0, 1e-12) >= min_share * t1 / t0 and s2 / max(s1, 1e-12) >= min_share * t2 / t1
 
 
 def goodput_budget(node_values: torch.Tensor, num_requests: int, cost: CostModel,

@@ -15,6 +15,7 @@ from echo_vllm.core.budget import (
     allocate,
     allocation_order,
     goodput_budget,
+    measurement_sizes,
     most_confident_paths,
     speculation_pays,
 )
@@ -92,21 +93,26 @@ def test_every_budget_buys_a_connected_super_tree_deterministically():
         assert not bool(chosen[2, depths > 2].any())
 
 
-def test_cost_model_interpolates_extrapolates_and_stays_monotone():
+def test_cost_model_interpolates_extrapolates_and_keeps_what_was_measured():
     cost = CostModel([8, 16, 32, 16], [1.0, 1.3, 2.0, 1.1])  # 16 timed twice: the faster pass counts
     assert torch.allclose(cost(torch.tensor([8, 16, 24, 48])), torch.tensor([1.0, 1.1, 1.55, 2.9], dtype=torch.float64))
     assert abs(float(cost(torch.tensor(4))) - 0.95) < 1e-12  # first segment's slope
-    noisy = CostModel([8, 16, 32], [1.0, 0.9, 2.0])
-    assert noisy.seconds.tolist() == [1.0, 1.0, 2.0]
+    dip = CostModel([1, 2, 3], [1.0, 1.2, 0.9])  # a pass over 3 tokens faster than over 1 or 2
+    assert dip.seconds.tolist() == [1.0, 1.2, 0.9]
 
 
-def test_cost_model_scales_its_shape_toward_observed_passes():
-    cost = CostModel([8, 32], [1.0, 2.0])
+def test_cost_model_moves_the_points_around_observed_passes():
+    cost = CostModel([1, 5], [0.10, 0.20])
+    cost.observe(2, 0.145, weight=0.5)  # the worked example
+    assert torch.allclose(cost.seconds, torch.tensor([0.1075, 0.2025], dtype=torch.float64))
+    cost = CostModel([8, 32, 64], [1.0, 2.0, 3.0])
     for _ in range(200):
         cost.observe(32, 3.0)
     assert abs(float(cost(torch.tensor(32))) - 3.0) < 0.01
-    assert abs(float(cost(torch.tensor(8))) - 1.5) < 0.01  # the same shape, scaled
-    assert abs(cost.to_dict()["seconds"][0] - 1.5) < 0.01
+    assert cost.to_dict()["seconds"][0] == 1.0 and cost.to_dict()["seconds"][2] == 3.0  # other sizes keep theirs
+    for _ in range(200):
+        cost.observe(100, 5.0)  # beyond the measured range: the end point moves
+    assert abs(float(cost(torch.tensor(100))) - 5.0) < 0.01
 
 
 def test_cost_model_shape_survives_a_burst_during_start_up():
@@ -122,6 +128,16 @@ def test_compute_bound_needs_two_doublings_that_almost_double_the_time():
     assert not compute_bound([64, 128, 256], [0.010, 0.011, 0.020])  # the first doubling was nearly free
     assert not compute_bound([128, 256], [0.019, 0.037])  # one doubling is not enough
     assert compute_bound([256, 512, 600], [0.037, 0.074, 0.087])  # the last step need not be a doubling
+    # the dense small sizes between powers of two are left out; none of them decides
+    dense = list(range(1, 17))
+    assert not compute_bound(dense, [0.01 * n for n in dense])
+    assert compute_bound([*dense, 32], [0.01 * n for n in [*dense, 32]])  # steps 8 -> 16 -> 32
+
+
+def test_measurement_sizes_are_dense_then_double():
+    assert measurement_sizes(40) == [*range(1, 17), 32, 40]
+    assert measurement_sizes(6) == [1, 2, 3, 4, 5, 6]
+    assert measurement_sizes(64) == [*range(1, 17), 32, 64]
 
 
 def test_goodput_budget_worked_example_and_load():
