@@ -68,9 +68,8 @@ def calibrate(target: str, draft: str, out: str, source: str = "training", num_p
     statistics = torch.tensor([r[0] for r in records])  # [R, D-1, S]
     path_ranks = torch.tensor([r[1] for r in records])  # [R, D]
     cost = CostModel(**cost_points)
-    draft_depth_s = draft_seconds / steps
-    chosen = choose_tree(path_ranks, cost, draft_depth_s / batch_size, batch_size, num_draft_tokens)
-    costs = step_costs(cost, draft_depth_s, batch_size, chosen.num_draft_tokens)
+    costs = step_costs(cost, draft_seconds / steps, batch_size, num_draft_tokens)
+    chosen = choose_tree(path_ranks, costs, num_draft_tokens)
     if records_out:
         torch.save({"statistics": statistics, "path_ranks": path_ranks, "statistic_names": list(STATISTICS),
                     "contexts": torch.tensor([r[2] for r in records]), "context_names": ["acceptance_ema", "prefix_len"],

@@ -12,7 +12,8 @@ depth we report how well the statistic separates the two (ROC AUC) and pick the 
 with the best expected goodput under the step costs measured in the same run; the judge
 depth is the depth whose best threshold gives the best goodput.
 
-A gated record keeps its remaining_num_draft_tokens - 1 best nodes of depths <= d. It would
+A gated record keeps its remaining_num_draft_tokens - 1 best nodes of depths <= d (a count
+given, or per depth the one with the best goodput). It would
 have accepted the leading accepted-path nodes of depth <= d whose rank is below that count
 (ranks among the whole pool are at least the ranks among depths <= d: a slight
 underestimate of what the cut keeps).
@@ -34,11 +35,15 @@ NOT_ACCEPTED = 1 << 30  # path rank at a depth the target accepted nothing
 
 @dataclass(frozen=True)
 class StepCosts:
-    """Seconds a request-step costs: once, per verified draft token, per drafted depth."""
+    """Seconds a request-step costs: its share of a pass that verifies n nodes per request
+    (root included), and each depth drafted. By node count as the cost model has it, not a
+    line: on the CPU measured a pass over 4 tokens costs less than one over 2 (budget.CostModel)."""
 
-    base_s: float
-    per_verified_token_s: float
+    verify_s: tuple[float, ...]  # entry n - 1: the share of a pass verifying n nodes per request, n = 1 .. N
     per_draft_depth_s: float
+
+    def verifying(self, nodes: int) -> float:
+        return self.verify_s[nodes - 1]
 
 
 @dataclass(frozen=True)
@@ -90,12 +95,11 @@ def tree_ranks(path_ranks: torch.Tensor, steps: int, num_draft_tokens: int) -> t
     return torch.where(kept, ranks, NOT_ACCEPTED)
 
 
-def choose_tree(path_ranks: torch.Tensor, cost: CostModel, draft_depth_s: float, batch_size: int,
-                num_draft_tokens: int) -> TreeChoice:
+def choose_tree(path_ranks: torch.Tensor, costs: StepCosts, num_draft_tokens: int) -> TreeChoice:
     """The tree (2 .. D depths, 2 .. num_draft_tokens nodes) with the best expected goodput
-    for a request-step at this batch size: committed tokens over its share of a pass that
-    verifies every request's nodes, cost(batch_size * nodes) / batch_size, plus draft_depth_s
-    per depth (ties: the smaller tree). path_ranks [R, D] of the recorded tree.
+    for a request-step: committed tokens over its share of the pass that verifies every
+    request's nodes plus its drafting per depth (ties: the smaller tree). path_ranks [R, D]
+    of the recorded tree.
 
     On a device where a pass over a few more tokens costs next to nothing (a lone request
     on a CPU or a GPU), it is as deep and as wide as what the draft gets accepted pays for;
@@ -105,7 +109,7 @@ def choose_tree(path_ranks: torch.Tensor, cost: CostModel, draft_depth_s: float,
     for steps in range(2, path_ranks.shape[1] + 1):
         for nodes in range(2, num_draft_tokens + 1):
             committed = 1.0 + float(accepted_lengths(tree_ranks(path_ranks, steps, nodes)).double().mean())
-            seconds = float(cost(torch.tensor(batch_size * nodes))) / batch_size + draft_depth_s * steps
+            seconds = costs.verifying(nodes) + costs.per_draft_depth_s * steps
             if best is None or committed / seconds > best[0]:
                 best = (committed / seconds, steps, nodes, committed)
             if (steps, nodes) == (path_ranks.shape[1], num_draft_tokens):
@@ -122,10 +126,9 @@ def record_outcomes(path_ranks: torch.Tensor, depth: int, num_draft_tokens: int,
     cut_accepted = kept.long().cumprod(dim=1).sum(dim=1)  # leading accepted nodes the cut keeps
     gated_committed = 1 + cut_accepted.double()
     full_committed = 1 + accepted_lengths(path_ranks).double()
-    gated_seconds = torch.full_like(gated_committed, costs.base_s + costs.per_verified_token_s
-                                    * (remaining_num_draft_tokens - 1) + costs.per_draft_depth_s * depth)
-    full_seconds = torch.full_like(full_committed, costs.base_s + costs.per_verified_token_s
-                                   * (num_draft_tokens - 1) + costs.per_draft_depth_s * steps)
+    gated_seconds = torch.full_like(gated_committed, costs.verifying(remaining_num_draft_tokens)
+                                    + costs.per_draft_depth_s * depth)
+    full_seconds = torch.full_like(full_committed, costs.verifying(num_draft_tokens) + costs.per_draft_depth_s * steps)
     return gated_committed, gated_seconds, full_committed, full_seconds
 
 
@@ -176,12 +179,15 @@ def choose_sweet_spot(statistics: torch.Tensor, path_ranks: torch.Tensor, num_dr
     """The best judge depth (ties: the shallower) and every depth's table row.
 
     statistics [R, D-1]: the gate statistic after depths 1 .. D-1; path_ranks [R, D].
-    remaining_num_draft_tokens None: a request gated at depth d keeps d + 1 nodes (its
-    best path down to d, in the best case).
+    remaining_num_draft_tokens None: per depth, the count (2 .. num_draft_tokens) with the
+    best expected goodput (ties: the smaller), since verifying fewer nodes need not cost
+    less (StepCosts).
     """
+    counts = ([min(remaining_num_draft_tokens, num_draft_tokens)] if remaining_num_draft_tokens
+              else range(2, num_draft_tokens + 1))
     table = [
-        choose_threshold(statistics[:, d - 1], path_ranks, d, num_draft_tokens,
-                         min(remaining_num_draft_tokens or d + 1, num_draft_tokens), costs)
+        max((choose_threshold(statistics[:, d - 1], path_ranks, d, num_draft_tokens, count, costs) for count in counts),
+            key=lambda row: (row.goodput_gain, -row.remaining_num_draft_tokens))
         for d in range(1, statistics.shape[1] + 1)
     ]
     return max(table, key=lambda row: (row.goodput_gain, -row.depth)), table
@@ -203,12 +209,9 @@ def choose_gate(statistics: torch.Tensor, path_ranks: torch.Tensor, num_draft_to
 
 
 def step_costs(cost: CostModel, draft_depth_s: float, batch_size: int, num_draft_tokens: int) -> StepCosts:
-    """Per request-step costs at this batch size: its share of a pass over the roots, the
-    pass's marginal cost per verified draft token (up to num_draft_tokens per request), the
-    drafter's time per depth (draft_depth_s: a step's drafting per depth, all requests)."""
-    roots, full = cost(torch.tensor([batch_size, batch_size * num_draft_tokens]))
-    return StepCosts(
-        base_s=float(roots) / batch_size,
-        per_verified_token_s=float(full - roots) / (batch_size * (num_draft_tokens - 1)),
-        per_draft_depth_s=draft_depth_s / batch_size,
-    )
+    """Per request-step costs at this batch size: its share of a pass that verifies n nodes
+    of every request, cost(batch_size * n) / batch_size for n = 1 .. num_draft_tokens, and
+    the drafter's time per depth (draft_depth_s: a step's drafting per depth, all requests)."""
+    nodes = torch.arange(1, num_draft_tokens + 1)
+    return StepCosts(verify_s=tuple((cost(batch_size * nodes) / batch_size).tolist()),
+                     per_draft_depth_s=draft_depth_s / batch_size)
