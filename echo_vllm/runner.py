@@ -344,13 +344,13 @@ class EchoRunnerMixin:
     def _observe_acceptance(self, step: TreeStep, verdicts: list[Verdict]) -> None:
         """How many verified draft tokens the target accepted, against how many the draft's
         path probabilities predicted (trees echo drafted, as far as they were scheduled)."""
-        predicted, accepted = 0.0, 0
+        verified = {}
         for row, num_nodes in zip(step.rows, step.num_nodes.tolist()):
-            pending = self._echo_trees.get(self.input_batch.req_ids[row])
+            req_id = self.input_batch.req_ids[row]
+            pending = self._echo_trees.get(req_id)
             if pending is not None and pending.values is not None:
-                predicted += sum(pending.values[:num_nodes])
-                accepted += len(verdicts[row].accepted_nodes)
-        self.echo_policy.observe_acceptance(predicted, accepted)
+                verified[req_id] = (sum(pending.values[:num_nodes]), len(verdicts[row].accepted_nodes))
+        self.echo_policy.observe_acceptance(verified)
 
     def _count_verified(self, trees: int, drafts: int, accepted: int) -> None:
         """One verification step: trees with drafts, their draft tokens, those accepted. Warns

@@ -172,6 +172,7 @@ class BatchPolicy:
         batch owes `owed_rows` rows of draft KV from undrafted steps."""
         self._called = self.clock()
         self._observe_previous_step(self._called, req_ids)
+        self.measured_goodput.set_batch(req_ids)
         draft, exploring = self._speculation_pays(len(req_ids), owed_rows)
         depths, width = self._shape_to_draft()
         return StepPlan(draft, depths, width, self.gate, self.recording, self.spends_budget(), exploring)
@@ -235,10 +236,13 @@ class BatchPolicy:
             self.cost_model.observe(tokens, seconds)
             self.last_pass_seconds = seconds
 
-    def observe_acceptance(self, predicted: float, accepted: int) -> None:
-        """One verification of trees echo drafted: the summed path probabilities of their
-        verified draft nodes and how many of those the target accepted."""
+    def observe_acceptance(self, verified: dict[str, tuple[float, int]]) -> None:
+        """One verification of trees echo drafted: per request, the summed path probabilities
+        of its verified draft nodes and how many of those the target accepted."""
+        predicted = sum(p for p, _ in verified.values())
+        accepted = sum(a for _, a in verified.values())
         self.acceptance_curve.observe_verified(predicted, accepted)
+        self.measured_goodput.observe_requests(verified)
         self._verified_since_decision = (self._verified_since_decision[0] + predicted,
                                          self._verified_since_decision[1] + accepted)
 

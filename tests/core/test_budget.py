@@ -281,6 +281,43 @@ def test_measured_acceptance_settles_by_requests_and_seconds_by_steps():
     assert measured.accepted_share() == pytest.approx(0.6 * earlier / (earlier + 1.0), rel=0.01)
 
 
+def test_accepted_share_of_the_batch_weighs_its_requests_own_records():
+    measured = MeasuredGoodput(own_decay=1.0, prior_drafts=2.0)
+    measured.observe(1, drafted=True, seconds=0.1, predicted=10.0, accepted=3.0)  # pooled share 0.3
+    measured.observe_requests({"new": (4.0, 4.0)})
+    assert measured.accepted_share() == pytest.approx(0.3)  # no batch yet: the pooled share
+    measured.set_batch(["new"])
+    assert measured.accepted_share() == pytest.approx((4 + 2 * 0.3) / (4 + 2))  # the worked example
+    measured.set_batch(["other"])  # "new" finished: its record is gone, "other" has none
+    assert measured.accepted_share() == pytest.approx(0.3) and measured.own == {}
+
+
+def test_a_request_the_draft_suits_is_not_judged_by_the_requests_before_it():
+    # Batch size 1: requests on which the draft is three times too confident stop drafting;
+    # the next request's explorations, all accepted, bring its drafting back within a few.
+    measured = MeasuredGoodput(min_steps=4, decay=0.9, request_decay=0.99)
+    measured.set_batch(["code"])
+    for _ in range(100):
+        measured.observe(1, drafted=False, seconds=0.05)
+        measured.observe(1, drafted=True, seconds=0.08, predicted=1.5, accepted=0.5)
+        measured.observe_requests({"code": (1.5, 0.5)})
+    assert measured.ratio(1) < 1.0
+    measured.set_batch(["chat"])
+    explorations = 0
+    while measured.ratio(1) < 1.0:
+        measured.observe(1, drafted=True, seconds=0.08, predicted=1.5, accepted=1.5)
+        measured.observe_requests({"chat": (1.5, 1.5)})
+        explorations += 1
+    assert explorations <= 3
+    pooled = MeasuredGoodput(min_steps=4, decay=0.9, request_decay=0.99)  # without a batch: pooled only
+    for _ in range(100):
+        pooled.observe(1, drafted=False, seconds=0.05)
+        pooled.observe(1, drafted=True, seconds=0.08, predicted=1.5, accepted=0.5)
+    for _ in range(3):
+        pooled.observe(1, drafted=True, seconds=0.08, predicted=1.5, accepted=1.5)
+    assert pooled.ratio(1) < 1.0
+
+
 def test_measured_acceptance_is_pooled_over_batch_classes():
     """A few drafted steps at batch 4 that accepted nothing are bad luck, not a measurement:
     the share of predicted drafts accepted comes from every class's steps, while each class
