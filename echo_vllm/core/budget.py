@@ -165,7 +165,7 @@ def measurement_sizes(max_tokens: int) -> list[int]:
 
     Worked example: 40 -> [1, 2, ..., 16, 32, 40]; 6 -> [1, 2, 3, 4, 5, 6].
     """
-    sizes = [n for n in range(1, min(DENSE_SIZES, max_tokens) + 1)]
+    sizes = list(range(1, min(DENSE_SIZES, max_tokens) + 1))
     sizes += [1 << i for i in range(DENSE_SIZES.bit_length(), max_tokens.bit_length()) if 1 << i < max_tokens]
     return sizes + [max_tokens] if sizes[-1] < max_tokens else sizes
 
