@@ -187,6 +187,20 @@ def metric_totals(url: str, prefixes: tuple[str, ...]) -> dict[str, float]:
     return totals
 
 
+@dataclass
+class EchoRun:
+    """What the echo server did in the soak: each request's outcome, its processes' resident
+    memory after each tenth of the requests, and its state at the end."""
+
+    outcomes: dict[int, Outcome]
+    rss: list[dict[str, int]]
+    peak_bytes: int
+    alive: bool
+    metrics: dict[str, float]
+    crash_lines: list[str]
+    duration_s: float
+
+
 def soak(target: str, speculative_config: dict, out: str, num_requests: int = 500, clients: int = 32,
          cancel_share: float = 0.2, max_model_len: int = 1024, kv_cache_memory_bytes: int = 96 << 20,
          seed: int = 0) -> dict:
@@ -200,15 +214,28 @@ def soak(target: str, speculative_config: dict, out: str, num_requests: int = 50
     texts = [p.text for dataset in DATASETS for p in load_prompts(dataset)]
     token_pool = AutoTokenizer.from_pretrained(target)("\n\n".join(texts))["input_ids"]
     requests = make_requests(num_requests, texts, token_pool, max_model_len, cancel_share, seed)
-    # memory is sampled after every tenth of the requests; the first tenth is the warm-up,
-    # and the check compares the end with the half
-    phases = [requests[num_requests * i // 10:num_requests * (i + 1) // 10] for i in range(10)]
+    run = _run_echo(target, speculative_config, requests, clients, out_dir, max_model_len, kv_cache_memory_bytes)
+    greedy = [r for r in requests if r.greedy and run.outcomes[r.index].completed(1)]
+    reference = _run_reference(target, greedy, clients, out_dir, max_model_len)
+    settings = {"target": target, "speculative_config": speculative_config, "max_model_len": max_model_len,
+                "kv_cache_memory_bytes": kv_cache_memory_bytes, "cancel_share": cancel_share, "seed": seed,
+                "allocator": tcmalloc_preload().get("LD_PRELOAD", "glibc malloc")}
+    report = _report(requests, run, greedy, reference, clients, settings)
+    (out_dir / "soak.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _run_echo(target: str, speculative_config: dict, requests: list[SoakRequest], clients: int, out_dir: Path,
+              max_model_len: int, kv_cache_memory_bytes: int) -> EchoRun:
+    """Every request against the echo server; memory is sampled after every tenth of them (the
+    first tenth is the warm-up, and the check compares the end with the half)."""
+    phases = [requests[len(requests) * i // 10:len(requests) * (i + 1) // 10] for i in range(10)]
     started = time.monotonic()
     rss: list[dict[str, int]] = []
     with vllm_server(target, ["--speculative-config", json.dumps(speculative_config)], out_dir / "echo_server.log",
                      max_model_len, kv_cache_memory_bytes) as server:
         outcomes: dict[int, Outcome] = {}
-        with PeakMemory(server) as peak, tqdm(total=num_requests, desc="soak (echo)", unit="req") as bar:
+        with PeakMemory(server) as peak, tqdm(total=len(requests), desc="soak (echo)", unit="req") as bar:
             for phase in phases:
                 outcomes.update(asyncio.run(_run(server.url, target, phase, clients, bar)))
                 rss.append(server.rss_by_process() if server.process.poll() is None else {})
@@ -216,37 +243,45 @@ def soak(target: str, speculative_config: dict, out: str, num_requests: int = 50
         metrics = metric_totals(server.url, ("vllm:num_preemptions", "vllm:spec_decode_num", "echo_")) if alive else {}
         crash_lines = [line for line in server.log_tail(200_000).splitlines()
                        if "EngineDeadError" in line or "Traceback" in line]
-    duration = time.monotonic() - started
-    greedy = [r for r in requests if r.greedy and outcomes[r.index].completed(1)]
+    return EchoRun(outcomes, rss, peak.peak, alive, metrics, crash_lines, time.monotonic() - started)
+
+
+def _run_reference(target: str, greedy: list[SoakRequest], clients: int, out_dir: Path,
+                   max_model_len: int) -> dict[int, Outcome]:
+    """The greedy requests echo completed, whole, against a server without speculation."""
     with vllm_server(target, [], out_dir / "plain_server.log", max_model_len) as plain, \
             tqdm(total=len(greedy), desc="reference (no speculation)", unit="req") as bar:
         whole = [SoakRequest(r.index, r.prompt, r.params, stream=False, cancel_after_chunks=None) for r in greedy]
-        reference = asyncio.run(_run(plain.url, target, whole, clients, bar))
-    mismatches = [r.index for r in greedy if outcomes[r.index].texts != reference[r.index].texts]
-    cancelled = [r.index for r in requests if outcomes[r.index].cancelled]
-    incomplete = [r.index for r in requests
-                  if not outcomes[r.index].cancelled and not outcomes[r.index].completed(r.params.get("n", 1))]
+        return asyncio.run(_run(plain.url, target, whole, clients, bar))
+
+
+def _report(requests: list[SoakRequest], run: EchoRun, greedy: list[SoakRequest], reference: dict[int, Outcome],
+            clients: int, settings: dict) -> dict:
+    """The soak's report: what happened to every request, the reference comparison, memory,
+    the server's end state, and what went wrong (`problems`)."""
+    outcomes, rss, metrics = run.outcomes, run.rss, run.metrics
     report = {
-        "requests": num_requests, "clients": clients, "cancelled": len(cancelled),
+        "requests": len(requests), "clients": clients,
+        "cancelled": sum(outcomes[r.index].cancelled for r in requests),
         "completed": sum(outcomes[r.index].completed(r.params.get("n", 1)) for r in requests),
-        "incomplete": incomplete, "errors": sorted({o.error for o in outcomes.values() if o.error}),
-        "greedy_compared": len(greedy), "greedy_mismatches": mismatches,
+        "incomplete": [r.index for r in requests
+                       if not outcomes[r.index].cancelled and not outcomes[r.index].completed(r.params.get("n", 1))],
+        "errors": sorted({o.error for o in outcomes.values() if o.error}),
+        "greedy_compared": len(greedy),
+        "greedy_mismatches": [r.index for r in greedy if outcomes[r.index].texts != reference[r.index].texts],
         "long_prompts": sum(isinstance(r.prompt, list) for r in requests),
-        "server_alive_at_end": alive, "crash_log_lines": crash_lines[:20],
+        "server_alive_at_end": run.alive, "crash_log_lines": run.crash_lines[:20],
         "preemptions": metrics.get("vllm:num_preemptions_total"),
         "spec_decode": {k: v for k, v in metrics.items() if k.startswith("vllm:spec_decode")},
         "echo_metrics": {k: v for k, v in metrics.items() if k.startswith("echo_")},
         "rss_mib": {"after_warm_up": sum(rss[0].values()) / 2**20, "after_half": sum(rss[4].values()) / 2**20,
-                    "end": sum(rss[9].values()) / 2**20, "peak": peak.peak / 2**20,
+                    "end": sum(rss[9].values()) / 2**20, "peak": run.peak_bytes / 2**20,
                     "after_each_tenth": [{name: b / 2**20 for name, b in sample.items()} for sample in rss]},
-        "duration_s": duration,
-        "settings": {"target": target, "speculative_config": speculative_config, "max_model_len": max_model_len,
-                     "kv_cache_memory_bytes": kv_cache_memory_bytes, "cancel_share": cancel_share, "seed": seed,
-                     "allocator": tcmalloc_preload().get("LD_PRELOAD", "glibc malloc")},
+        "duration_s": run.duration_s,
+        "settings": settings,
         "requests_sent": [asdict(r) | {"outcome": asdict(outcomes[r.index])} for r in requests],
     }
     report["problems"] = problems(report)
-    (out_dir / "soak.json").write_text(json.dumps(report, indent=1))
     return report
 
 
