@@ -7,6 +7,7 @@ forward with a stand-in and its prefix-attention call with the torch prefix atte
 merge_attn_states runs its torch path), which checks the cascade wiring and the row glue.
 """
 
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -19,7 +20,7 @@ from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
 
 from echo_vllm.core.tree import ancestor_mask
 from echo_vllm.kernels import gpu_backend
-from echo_vllm.kernels.cpu_backend import EchoCPUAttentionBackendImpl
+from echo_vllm.kernels.cpu_backend import EchoCPUAttentionBackendImpl, cache_mask_bias
 from echo_vllm.kernels.cascade_tree_attention import paged_prefix_attention
 from echo_vllm.kernels.gpu_backend import EchoFlashAttentionImpl
 from echo_vllm.kernels.paged_kv import CPU_PACKED, HEAD_MAJOR, prefix_slots, slots_of
@@ -99,15 +100,17 @@ def cpu_impls(monkeypatch):
     return CPUAttentionBackendImpl(*args), EchoCPUAttentionBackendImpl(*args)
 
 
-def cpu_metadata(trees):
-    seq_lens = torch.tensor([p + q for p, q in zip(PREFIX_LENS, QUERY_LENS)], dtype=torch.int32)
-    query_start_loc = torch.tensor([0, 1, 5, 8], dtype=torch.int32)
+def cpu_metadata(trees, requests=(0, 1, 2)):
+    """vLLM's metadata for a step of `requests` (indices into PREFIX_LENS, in row order)."""
+    query_lens = [QUERY_LENS[r] for r in requests]
+    seq_lens = torch.tensor([PREFIX_LENS[r] + QUERY_LENS[r] for r in requests], dtype=torch.int32)
+    query_start_loc = torch.tensor([0, *itertools.accumulate(query_lens)], dtype=torch.int32)
     metadata = CPUAttentionMetadata(
-        num_actual_tokens=8, max_query_len=4, query_start_loc=query_start_loc,
-        max_seq_len=int(seq_lens.max()), seq_lens=seq_lens, block_table=BLOCK_TABLE,
-        slot_mapping=torch.zeros(8, dtype=torch.int64),  # unused: the cache is already written
+        num_actual_tokens=sum(query_lens), max_query_len=max(query_lens), query_start_loc=query_start_loc,
+        max_seq_len=int(seq_lens.max()), seq_lens=seq_lens, block_table=BLOCK_TABLE[list(requests)],
+        slot_mapping=torch.zeros(sum(query_lens), dtype=torch.int64),  # unused: the cache is already written
         scheduler_metadata=ops.cpu_attn_get_scheduler_metadata(
-            num_reqs=3, num_heads=HEADS, num_kv_heads=KV_HEADS, head_dim=DH, seq_lens=seq_lens,
+            num_reqs=len(requests), num_heads=HEADS, num_kv_heads=KV_HEADS, head_dim=DH, seq_lens=seq_lens,
             dtype=torch.float32, query_start_loc=query_start_loc, causal=True,
             sliding_window_size=-1, isa="vec", enable_kv_split=False,
         ),
@@ -133,6 +136,28 @@ def test_cpu_backend_rewrites_tree_rows_with_tree_attention(cpu_impls):
     assert not torch.allclose(base_out[3], expected[2], atol=1e-3)
     # nodes whose causal predecessors are exactly their ancestors get the causal answer back
     torch.testing.assert_close(echo_out[[1, 2, 5, 6]], base_out[[1, 2, 5, 6]], atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_backend_step_of_trees_alone(cpu_impls, monkeypatch):
+    """A step whose every row is a tree node (trees B and C without the decode row) is answered
+    by tree attention alone: every row written, vLLM's kernel not run."""
+    _, echo = cpu_impls
+    seq_kv, query, key, value = make_step()
+    cache = paged_cache(CPU_PACKED, seq_kv)
+    trees = tree_attention_batch(
+        TREES.token_rows - 1, TREES.is_node, TREES.mask, TREES.block_table, TREES.prefix_lens, BLOCK, "cpu")
+    output = torch.full_like(query[1:], torch.nan)
+    monkeypatch.setattr(cpu_attn.ops, "cpu_attention_with_kv_cache", None)  # any call would fail
+    echo_out = echo.forward(LAYER, query[1:], key[1:], value[1:], cache, cpu_metadata(trees, (1, 2)), output)
+    torch.testing.assert_close(echo_out, expected_tree_rows(seq_kv, query), atol=1e-5, rtol=1e-5)
+
+
+def test_cache_mask_bias_worked_example():
+    trees = tree_attention_batch(
+        torch.tensor([[0, 1, 2]]), torch.tensor([[True] * 3]), ancestor_mask(torch.tensor([[-1, 0, 0]])),
+        torch.tensor([[0]], dtype=torch.int32), torch.tensor([2]), 8, "cpu")
+    _, bias = cache_mask_bias(trees, kv_heads=1, group=1, block_size=8)
+    assert (bias[0, 2] == 0).tolist() == [True, True, True, False, True, False, False, False]
 
 
 def test_cpu_backend_without_trees_is_vllms_kernel(cpu_impls):
