@@ -26,7 +26,7 @@ def test_the_bare_form_is_echo_with_the_seeds_tree_calibrated_online():
     assert config.calibration_steps == 256 and config.judge_depth == ()
     assert to_vllm_speculative_config(config) == {
         "method": "eagle3", "model": "/heads/x", "num_speculative_tokens": 31,
-        "disable_padded_drafter_batch": True,
+        "disable_padded_drafter_batch": True, "disable_eagle_block_drop": True,
     }
     assert "calibrating the gate online over the first 256" in describe_calibration(config)
 
@@ -89,6 +89,11 @@ def test_round_trip_through_dict():
     config = parse(steps=5, num_draft_tokens=3, max_model_len=512)
     assert parse_echo_config(config.to_dict()) == config
     assert to_vllm_speculative_config(config)["max_model_len"] == 512
+
+
+def test_a_user_may_have_vllm_drop_the_last_prefix_cache_block_again():
+    config = parse(disable_eagle_block_drop=False)
+    assert to_vllm_speculative_config(config)["disable_eagle_block_drop"] is False
 
 
 def test_dashes_in_keys_read_as_underscores():

@@ -127,7 +127,16 @@ def test_prefix_cache_hits_stay_lossless(echo, plain):
     prompts = [{"prompt_token_ids": shared + p["prompt_token_ids"][:5]} for p in PROMPTS[:8]]
     expected = token_ids(plain.generate(prompts, GREEDY, use_tqdm=False))
     assert token_ids(echo.generate(prompts, GREEDY, use_tqdm=False)) == expected
+    hits = prefix_cache_hits(echo)
     assert token_ids(echo.generate(prompts, GREEDY, use_tqdm=False)) == expected  # served from the cache
+    # every whole block before a prompt's last token is a hit: echo keeps the last block that
+    # vLLM's EAGLE methods drop (config.to_vllm_speculative_config)
+    block = echo.llm_engine.vllm_config.cache_config.block_size
+    assert prefix_cache_hits(echo) - hits == sum((len(p["prompt_token_ids"]) - 1) // block * block for p in prompts)
+
+
+def prefix_cache_hits(llm) -> float:
+    return sum(m.value for m in llm.get_metrics() if m.name == "vllm:prefix_cache_hits")
 
 
 def test_spec_decode_metrics_count_tree_drafts_and_accepted_path(echo, references):
