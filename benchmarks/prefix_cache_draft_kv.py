@@ -22,6 +22,7 @@ os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # the decision 
 
 from echo_vllm.assets.models import model_dir  # noqa: E402
 from echo_vllm.assets.prompts import chat_messages, load_prompts  # noqa: E402
+from echo_vllm.bench.offline import echo_counts  # noqa: E402
 
 HEAD = "heads/smollm2-135m-eagle3"
 
@@ -44,18 +45,16 @@ def main() -> None:
     llm = LLM(model=str(model_dir("smollm2-135m")), dtype="float32", enforce_eager=True, max_model_len=2048,
               kv_cache_memory_bytes=1 << 30, enable_prefix_caching=True,
               speculative_config={"method": "echo", "model": HEAD})
-    tokenizer = llm.get_tokenizer()
-    texts = [tokenizer.apply_chat_template(chat_messages(p), tokenize=False, add_generation_prompt=True)
-             for p in load_prompts("mt_bench", args.prompts + 4)]
-    prompts, others = texts[:args.prompts], texts[args.prompts:]
+    chats = [chat_messages(p) for p in load_prompts("mt_bench", args.prompts + 4)]
+    prompts, others = chats[:args.prompts], chats[args.prompts:]
     sampling = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
-    llm.generate(others, sampling, use_tqdm=False)  # warm-up on other prompts
+    llm.chat(others, sampling, use_tqdm=False)  # warm-up on other prompts
 
     def mat_one_at_a_time(label: str) -> None:
-        (before,) = llm.collective_rpc("echo_stats")
-        for prompt in prompts:
-            llm.generate([prompt], sampling, use_tqdm=False)
-        (after,) = llm.collective_rpc("echo_stats")
+        before = echo_counts(llm)
+        for chat in prompts:
+            llm.chat([chat], sampling, use_tqdm=False)
+        after = echo_counts(llm)
         trees = after["num_verified_trees"] - before["num_verified_trees"]
         accepted = after["num_accepted_drafts"] - before["num_accepted_drafts"]
         print(f"{label}: MAT {1 + accepted / max(trees, 1):.3f} ({trees} trees verified, {accepted} drafts accepted)",
@@ -66,7 +65,7 @@ def main() -> None:
     mat_one_at_a_time("hits on blocks of drafted requests")
     llm.reset_prefix_cache()
     llm.collective_rpc(set_forced_choice, args=(False,))  # every step undrafted: the prompts' draft KV is owed
-    llm.generate(prompts, sampling, use_tqdm=False)
+    llm.chat(prompts, sampling, use_tqdm=False)
     llm.collective_rpc(set_forced_choice, args=(None,))
     llm.collective_rpc(zero_draft_kv)
     mat_one_at_a_time("hits on blocks of undrafted requests, draft KV zeroed")

@@ -58,7 +58,7 @@ SEED_TREE = {"steps": 5, "topk": 8}
 STATIC_TREE = {"steps": 3, "topk": 1}
 DEFAULT_NUM_DRAFT_TOKENS = 32
 
-# vLLM speculative-config keys passed through unchanged to the draft model's config.
+# vLLM speculative-config keys passed through unchanged to vLLM's speculative config.
 VLLM_PASSTHROUGH_KEYS = ("draft_tensor_parallel_size", "max_model_len", "enforce_eager", "disable_eagle_block_drop")
 
 def pool_size(steps: int, topk: int) -> int:
