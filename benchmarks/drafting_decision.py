@@ -8,17 +8,14 @@ MT-Bench prompts of about 100 tokens, 128 output tokens, greedy) runs in turns w
 decision replaced:
 
   draft   every step drafted (echo's gate and budget still choose what is verified)
-  plain   no step drafted (echo's cost on undrafted steps stays: owed draft-KV inputs)
+  plain   no step drafted (echo's cost on undrafted steps stays: their draft-KV writes)
   echo    echo's own decision, exploration included
 
 Reported per batch size: tokens/s medians (min-max) of each, draft/plain and echo/best ratios,
 the acceptance of the forced-draft runs, and the share of steps echo drafted. Echo chooses well
 where echo is close to the better of draft and plain. One engine for all three, so the ratios
 carry no difference between engines; the engine carries its estimates across modes, as it
-carries them across traffic when serving. One thing it carries is not like serving: the latest
-drafted step before an echo run is a forced one, cheap (it owed nothing), so where echo does not
-draft (a full batch) its next exploration comes after the shortest wait and writes the draft KV
-the whole run owed; in `echo-vllm bench` echo's engine runs echo alone.
+carries them across traffic when serving.
 
     .venv/bin/python benchmarks/drafting_decision.py [--batch-sizes 1 4 8 16] [--repetitions 3]
 """

@@ -6,9 +6,8 @@ the model runner's methods and the drafter's, so every figure is wall time on th
 own clock, per engine step (one `execute_model` call), median over the runs:
   target pass      the target model's forward (verification included)
   around the pass  the rest of execute_model (inputs, attention metadata, echo's tree inputs)
-  drafting         propose_draft_token_ids; for echo also its parts: keeping an undrafted
-                   step's first-pass inputs, writing the draft KV those steps owe (when a step
-                   drafts again), the draft's first pass, growing the tree past depth 1, and
+  drafting         propose_draft_token_ids; for echo also its parts: an undrafted step's
+                   draft-KV write, the draft's first pass, growing the tree past depth 1, and
                    selecting the verified tree (budget, allocation)
   sampling, rest   the rest of sample_tokens (sampling, rejection or tree verification)
   wall             the run's wall time per step (the scheduler, output processing, IPC too)
@@ -33,13 +32,12 @@ from echo_vllm.bench.plan import build_plan  # noqa: E402
 
 HEAD = "heads/smollm2-135m-eagle3"
 TIMED_RUNNER_METHODS = ("execute_model", "_model_forward", "sample_tokens", "propose_draft_token_ids")
-TIMED_DRAFTER_METHODS = ("_owe_first_pass", "_catch_up", "_first_pass", "_grow", "_select")  # echo's drafter only
+TIMED_DRAFTER_METHODS = ("_write_draft_kv", "_first_pass", "_grow", "_select")  # echo's drafter only
 PARTS = {  # printed name: how it is computed from the timers' totals
     "target pass": lambda t: t["_model_forward"],
     "around the pass": lambda t: t["execute_model"] - t["_model_forward"],
     "drafting": lambda t: t["propose_draft_token_ids"],
-    "  keeping undrafted steps' inputs": lambda t: t.get("_owe_first_pass"),
-    "  writing the draft KV they owe": lambda t: t.get("_catch_up"),
+    "  undrafted steps' draft KV": lambda t: t.get("_write_draft_kv"),
     "  draft first pass": lambda t: t.get("_first_pass"),
     "  tree growth": lambda t: t.get("_grow"),
     "  tree selection": lambda t: t.get("_select"),

@@ -354,8 +354,8 @@ def to_vllm_speculative_config(config: EchoConfig) -> dict[str, Any]:
 
     A prefix-cache hit keeps its last block. vLLM's EAGLE methods drop it and compute it
     again, so that the draft KV of its last position is the one this request's next token
-    gives. Echo's draft KV feeds drafting only, never what is committed, and echo already
-    runs on draft KV written late (the rows undrafted steps owe, core/owed_kv.py). The
+    gives. Echo's draft KV feeds drafting only, never what is committed, so one position's
+    draft KV from another request's next token costs at most a little acceptance. The
     dropped block costs a block of target compute per hit, on every prompt that shares a
     system prompt or a chat's earlier turns: served at 64 concurrent requests on this CPU,
     about a tenth of a prefill-heavy phase's time.

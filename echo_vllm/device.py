@@ -6,7 +6,7 @@ the clock echo's timings read.
   FlashAttention takes fp16 / bf16 only.
 - clock: GPU work is asynchronous, so a wall-clock reading taken without synchronizing
   measures kernel launches, not work. Echo's cost model (the runner's target-pass timings and
-  the batch policy's drafting and catch-up clocks) reads one clock that synchronizes the
+  the batch policy's drafting clocks) reads one clock that synchronizes the
   device first on CUDA and is the plain clock on CPU.
 """
 

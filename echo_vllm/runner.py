@@ -125,8 +125,6 @@ class EchoRunnerMixin:
         for req_id in scheduler_output.finished_req_ids:
             self._echo_trees.pop(req_id, None)
             self.echo_calibration.forget(req_id)
-            if hasattr(self, "drafter"):
-                self.drafter.forget(req_id)
         return super()._update_states(scheduler_output)
 
     def _tree_parents(self, req_id: str, drafts: list[int]) -> list[int]:

@@ -6,8 +6,7 @@ size) the two run alternately, plain then method, `repetitions` times after a wa
 on a shared machine hits both alike, and each ratio compares medians of the same turns. The
 warm-up runs the whole workload (a full batch) with WARM_UP_TOKENS output tokens, so that what
 an engine does once per batch size lands before the measured runs: new pass shapes (the CPU's
-GEMM library builds a kernel per shape), and echo's first measurements there (the first
-drafted step after undrafted ones at a batch size writes the draft KV they owed).
+GEMM library builds a kernel per shape), and echo's first measurements there.
 
 One run of a workload:
   tokens/s      output tokens / wall time (bs 1: the prompts one after another; bs B: B

@@ -340,10 +340,7 @@ class MeasuredGoodput:
     drafting stopped only explorations brought it back.
 
     `ratio` compares the two choices once both hold `min_steps` steps' weight in the batch's
-    class. A step's `switch_seconds`, work it did only because earlier steps took the other
-    choice (the draft KV that undrafted steps owe, written by the next drafted step), is left
-    out of the sums, which measure a choice as if it were taken step after step, and kept in
-    its latest step's seconds, which are what taking the choice once cost all told.
+    class.
 
     Worked example: undrafted steps at batch 1 commit 1 token in 0.10 s (10 tokens/s); drafted
     ones take 0.12 s and predict 0.5 accepted drafts per request, of which the target accepts
@@ -358,18 +355,17 @@ class MeasuredGoodput:
         self.batch: tuple[str, ...] = ()  # the requests of the step being decided
         # (class, drafted) -> step weight, seconds, request weight, predicted drafts (summed)
         self.sums: dict[tuple[int, bool], list[float]] = {}
-        self.latest: dict[tuple[int, bool], float] = {}  # (class, drafted) -> seconds of the latest step, all told
+        self.latest: dict[tuple[int, bool], float] = {}  # (class, drafted) -> seconds of the latest step
         self.verified = [0.0, 0.0]  # over all classes: predicted, accepted drafts (decayed by request)
 
-    def observe(self, batch: int, drafted: bool, seconds: float, predicted: float = 0.0, accepted: float = 0.0,
-                switch_seconds: float = 0.0) -> None:
-        """One step's outcome: its seconds, its verified drafts' predicted and accepted count
-        (summed over its requests), and of the seconds those spent switching from the other
-        choice."""
+    def observe(self, batch: int, drafted: bool, seconds: float, predicted: float = 0.0,
+                accepted: float = 0.0) -> None:
+        """One step's outcome: its seconds and its verified drafts' predicted and accepted
+        count (summed over its requests)."""
         key = (batch.bit_length(), drafted)
         steps, total, requests, predictions = self.sums.get(key, (0.0, 0.0, 0.0, 0.0))
         d, r = self.decay, self.request_decay ** batch
-        self.sums[key] = [d * steps + 1.0, d * total + seconds - switch_seconds, r * requests + batch,
+        self.sums[key] = [d * steps + 1.0, d * total + seconds, r * requests + batch,
                           r * predictions + predicted]
         self.latest[key] = seconds
         if predicted > 0.0:
@@ -422,7 +418,7 @@ class MeasuredGoodput:
         return None if drafted is None or undrafted is None else drafted / undrafted
 
     def latest_cost(self, batch: int, drafted: bool) -> float:
-        """What the latest step of one choice (drafted or not) cost, all told, beyond what the
+        """What the latest step of one choice (drafted or not) cost beyond what the
         other choice takes for as many tokens, in steps of the other choice (0 where it cost
         less, and before both are measured at this class: `min_steps` of the other choice, one
         step of this one): what Exploration's wait takes. Its tokens are the choice's mean: one
@@ -430,8 +426,8 @@ class MeasuredGoodput:
         steps accept nothing).
 
         Worked example: undrafted steps commit 1 token per request in 0.30 s; the latest
-        drafted step took 1.2 s (0.9 s of it writing owed draft KV) and drafted steps commit
-        1.2 tokens -> undrafted steps take 0.36 s for those: cost (1.2 - 0.36) / 0.30 = 2.8.
+        drafted step took 0.45 s and drafted steps commit 1.2 tokens -> undrafted steps take
+        0.36 s for those: cost (0.45 - 0.36) / 0.30 = 0.3.
         """
         key = (batch.bit_length(), drafted)
         other = self._means(batch, not drafted, self.min_steps)
@@ -440,22 +436,6 @@ class MeasuredGoodput:
         tokens, _ = self._means(batch, drafted, 1.0)  # one step: self.latest has it
         other_tokens, other_seconds = other
         return max(self.latest[key] - tokens / other_tokens * other_seconds, 0.0) / other_seconds
-
-    def drafting_gain(self, batch: int, steps: int) -> float | None:
-        """Seconds that `steps` drafted steps save against undrafted steps committing as many
-        tokens, at this batch size's class (negative where drafting loses): the most that
-        switching to drafting may cost for it to pay over those steps. Each choice needs one
-        step measured there (a switch weighs a known cost, and one step, exploring, tells
-        more than no measurement); None before.
-
-        Worked example: undrafted steps commit 1 token per request in 0.30 s, drafted ones
-        1.2 in 0.33 s -> each drafted step saves 1.2 * 0.30 - 0.33 = 0.03 s; 16 steps 0.48 s.
-        """
-        drafted, undrafted = self._means(batch, True, 1.0), self._means(batch, False, 1.0)
-        if drafted is None or undrafted is None:
-            return None
-        (tokens, seconds), (undrafted_tokens, undrafted_seconds) = drafted, undrafted
-        return steps * (tokens * undrafted_seconds / undrafted_tokens - seconds)
 
 
 class Exploration:
@@ -467,13 +447,11 @@ class Exploration:
     undrafted steps would go stale while drafting wins. After a wait of steps in a row of the
     same choice, the next step takes the other one (an exploration step). The wait keeps what
     exploring costs to `max_share` of the steps: after an exploration that cost `cost` (beyond
-    the choice taken, as a share of one of its steps, all told) it is cost / max_share steps,
-    at least `interval` (cheap explorations keep both measurements current, and one gone stale
-    is soon redone) and at most `max_interval`. A drafted exploration is dearest where
-    speculation does not pay (a full batch on a compute-bound device), since it also writes
-    the draft KV that the requests' undrafted steps owe: the longer the wait, the more it owes,
-    and the wait grows with it until the requests' lifetimes bound what is owed. A change of
-    choice restarts the count.
+    the choice taken, as a share of one of its steps) it is cost / max_share steps, at least
+    `interval` (cheap explorations keep both measurements current, and one gone stale is soon
+    redone) and at most `max_interval`. A drafted exploration is dearest where speculation
+    does not pay (a full batch on a compute-bound device). A change of choice restarts the
+    count.
 
     Worked example, interval 2, max_interval 10, max_share 0.5, exploring cost 1.5 steps
     each time: F F T F F F T F F F T ... (wait 3); at cost 0.2: F F T F F T (wait 2).

@@ -11,8 +11,8 @@ wide) or each request's best nodes (echo_vllm.core.tree, core.budget).
 
 What to draft is not decided here: the batch policy (scheduler_patches/batch_policy.py)
 plans each step (draft or not, how deep, which gate) and sets the budget. A step it does not
-draft skips even the first pass; its first-pass inputs are kept and the draft KV they owe is
-written before the request's next drafted step (core/owed_kv.py, `_catch_up`).
+draft still writes the draft KV its rows need later, but computes nothing else
+(`_write_draft_kv`).
 
 `propose` returns a DraftResult: vLLM's runner passes it through unchanged to echo's runner,
 which hands the draft lists to the scheduler and keeps the trees.
@@ -33,12 +33,10 @@ from vllm.v1.spec_decode.eagle import EagleProposer
 from echo_vllm.config import EchoConfig
 from echo_vllm.core.budget import allocate, allocation_order, most_confident_paths
 from echo_vllm.core.gating import STATISTICS, gate_statistic
-from echo_vllm.core.owed_kv import OwedKv, OwedStep
 from echo_vllm.core.tree import (
     Frontier,
     Pool,
     Tree,
-    ancestor_mask,
     best_nodes,
     child_visibility,
     deepest_and_widest,
@@ -50,7 +48,7 @@ from echo_vllm.core.tree import (
     tree_positions,
 )
 from echo_vllm.kernels.draft_prefix import GatheredPrefix, PagedPrefix
-from echo_vllm.kernels.paged_kv import CPU_PACKED, HEAD_MAJOR, KvLayout, check_isa, prefix_slots, slots_of
+from echo_vllm.kernels.paged_kv import CPU_PACKED, HEAD_MAJOR, KvLayout, check_isa, prefix_slots
 from echo_vllm.log import logger
 from echo_vllm.scheduler_patches.batch_policy import BatchPolicy, StepPlan
 from echo_vllm.stats import EchoCounters
@@ -89,7 +87,6 @@ class EchoProposer(EagleProposer):
         self.policy = policy
         self.counters = counters
         self.kv_layout = kv_layout_of(device)
-        self.owed_kv = OwedKv()
 
     def propose(
         self,
@@ -109,22 +106,17 @@ class EchoProposer(EagleProposer):
         request when it is not worth drafting)."""
         batch = next_token_ids.shape[0]
         req_ids = self.model_runner.input_batch.req_ids[:batch]
-        owed_rows = self.owed_kv.num_rows(req_ids)
-        plan = self.policy.decide(req_ids, owed_rows)
+        plan = self.policy.decide(req_ids)
         if not plan.draft:
-            self._owe_first_pass(req_ids, target_token_ids, target_positions, target_hidden_states,
-                                 next_token_ids, token_indices_to_sample, common_attn_metadata)
+            self._write_draft_kv(target_token_ids, target_positions, target_hidden_states, next_token_ids,
+                                 token_indices_to_sample, common_attn_metadata)
             self.policy.drafted(plan, req_ids)
             return DraftResult([[] for _ in range(batch)], None)
-        self._catch_up(req_ids, target_positions, common_attn_metadata)
-        self.policy.caught_up(owed_rows)
         root_logits_hidden, root_hidden, root_positions, cad = self._first_pass(
             target_token_ids, target_positions, target_hidden_states, next_token_ids,
             token_indices_to_sample, common_attn_metadata,
         )
         caps = self.tree_sizes(batch) - 1  # draft tokens each request may verify
-        if self.owed_kv.undraftable:
-            caps[[i for i, req_id in enumerate(req_ids) if req_id in self.owed_kv.undraftable]] = 0
         trees = self._expand(plan, root_logits_hidden, root_hidden, root_positions + 1, next_token_ids, cad, caps)
         tree = trees.tree
         drafts = [row[1:n] for row, n in zip(tree.tokens.tolist(), tree.num_nodes.tolist())]
@@ -142,10 +134,6 @@ class EchoProposer(EagleProposer):
                            "Check the head's checkpoint.", broken, batch)
         self.counters.num_broken_drafts += broken
 
-    def forget(self, req_id: str) -> None:
-        """A finished request: nothing is owed for it any more."""
-        self.owed_kv.forget(req_id)
-
     def tree_sizes(self, batch: int) -> torch.Tensor:
         """Most verified nodes per request [B], root included. Every request may differ; the
         policies give each num_draft_tokens."""
@@ -153,42 +141,24 @@ class EchoProposer(EagleProposer):
 
     # ---- steps not drafted ------------------------------------------------------------
 
-    def _owe_first_pass(self, req_ids, target_token_ids, target_positions, target_hidden_states,
-                        next_token_ids, token_indices_to_sample, cad) -> None:
-        """A step not drafted: keep the first pass's inputs (shifted tokens, combined target
-        hidden states) of each request's valid rows, to write their draft KV later. One copy
-        of the step's inputs, which its requests' owed rows share: on a full batch a copy
-        per request costs more than the rest of this work."""
+    def _write_draft_kv(self, target_token_ids, target_positions, target_hidden_states, next_token_ids,
+                        token_indices_to_sample, cad) -> None:
+        """A step not drafted: write the draft KV of its rows into the slots the first pass
+        would write, as the first pass computes it. A row's draft K/V depend on its own inputs
+        only (token, combined target hidden state, position), so the draft layer's K/V
+        projections suffice; the first pass's attention, MLP and logits feed drafting alone.
+        Written now rather than at the request's next drafted step, the draft KV is whole
+        whatever the steps decide: a change to drafting costs nothing, and prompt blocks
+        shared through the prefix cache carry it."""
         hidden = self.model.combine_hidden_states(target_hidden_states)
-        num_tokens, last_rows, cad = self.set_inputs_first_pass(
+        num_tokens, _, cad = self.set_inputs_first_pass(
             target_token_ids=target_token_ids, next_token_ids=next_token_ids, target_positions=target_positions,
             target_hidden_states=hidden, token_indices_to_sample=token_indices_to_sample, cad=cad,
             num_rejected_tokens_gpu=None,
         )
-        step = OwedStep(self.input_ids[:num_tokens].clone(), self.hidden_states[:num_tokens].clone())
-        row_starts = cad.query_start_loc_cpu[:-1].tolist()
-        row_ends = (last_rows.cpu() + 1).tolist()  # rows after a request's sampled row were rejected
-        first_positions = target_positions[cad.query_start_loc[:-1]].cpu().tolist()
-        self.owed_kv.owe(req_ids, step, row_starts, row_ends, first_positions)
-
-    def _catch_up(self, req_ids, target_positions, cad) -> None:
-        """Write the draft KV the batch's requests owe, in one batched draft-layer pass (the
-        first pass's computation for those rows; attention causal over prefix + owed rows)."""
-        rows = self.owed_kv.owing(req_ids)
-        if not rows:
-            return
-        query_starts = cad.query_start_loc[torch.tensor(rows).to(self.device)]
-        owed = self.owed_kv.take(req_ids, rows, target_positions[query_starts].cpu().tolist())
-        if owed is None:
-            return
-        count, width = owed.tokens.shape
-        chain = torch.arange(-1, width - 1, device=owed.tokens.device).expand(count, width)
-        block_table = cad.block_table_tensor[torch.tensor(owed.batch_rows, device=self.device)]
-        prefix = self._draft_prefix(block_table, owed.starts, cad.max_seq_len)
-        _, _, k, v = self._draft_step(owed.tokens, owed.hidden, owed.positions, None, None, ancestor_mask(chain),
-                                      prefix)
-        slots = slots_of(block_table, owed.positions, self.block_size)[owed.valid]
-        self.kv_layout.scatter(self._draft_attn_layer().kv_cache, slots, k[owed.valid], v[owed.valid])
+        _, k, v, _ = self._draft_qkv(self.input_ids[:num_tokens], self.hidden_states[:num_tokens],
+                                  self.positions[:num_tokens])
+        self.kv_layout.scatter(self._draft_attn_layer().kv_cache, cad.slot_mapping[:num_tokens].long(), k, v)
 
     # ---- drafting ---------------------------------------------------------------------
 
@@ -396,12 +366,8 @@ class EchoProposer(EagleProposer):
         layer = self.model.model.layers[0]
         attn = layer.self_attn
         batch, topk = tokens.shape
-        embeds = layer.input_layernorm(self.model.model.embed_input_ids(tokens.flatten()))
-        hidden, residual = layer._residual_norm(hidden_states=parent_hidden.reshape(batch * topk, -1))
-        qkv, _ = attn.qkv_proj(torch.cat([embeds, hidden], dim=-1))
-        q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
-        # vLLM's CPU rotary kernel reads positions as a dense array: no stride-0 views
-        q, k = attn.rotary_emb(positions.flatten().contiguous(), q, k)
+        q, k, v, residual = self._draft_qkv(tokens.flatten(), parent_hidden.reshape(batch * topk, -1),
+                                            positions.flatten())
         q = q.view(batch, topk, attn.num_heads, attn.head_dim)
         k = k.view(batch, topk, attn.num_kv_heads, attn.head_dim)
         v = v.view(batch, topk, attn.num_kv_heads, attn.head_dim)
@@ -414,6 +380,20 @@ class EchoProposer(EagleProposer):
         normed, prenorm = self.model.model.norm(out, residual)
         next_hidden = normed if self.model.model.norm_output else prenorm
         return normed, next_hidden, k, v
+
+    def _draft_qkv(self, tokens, hidden, positions):
+        """The draft layer's Q, K and V of rows (tokens [T], their input hidden states [T, Hd],
+        positions [T]), rotary applied: Q [T, H * Dh], K and V [T, Hkv, Dh]; and the residual
+        the layer carries past attention."""
+        layer = self.model.model.layers[0]
+        attn = layer.self_attn
+        embeds = layer.input_layernorm(self.model.model.embed_input_ids(tokens))
+        hidden, residual = layer._residual_norm(hidden_states=hidden)
+        qkv, _ = attn.qkv_proj(torch.cat([embeds, hidden], dim=-1))
+        q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
+        # vLLM's CPU rotary kernel reads positions as a dense array: no stride-0 views
+        q, k = attn.rotary_emb(positions.contiguous(), q, k)
+        return q, k.view(-1, attn.num_kv_heads, attn.head_dim), v.view(-1, attn.num_kv_heads, attn.head_dim), residual
 
 
 

@@ -5,7 +5,7 @@ with the auto budget drafts only where speculation is measured or expected to pa
 batch size), how deep to draft, and which per-request gate to apply; after the batch's
 candidate pools are grown, `budget` says how many draft tokens the target verifies in all
 (the elastic budget, core.budget: go deep, then wide). The policy learns from what it is
-told: the target passes' times (`observe_pass`), the drafting and catch-up times it clocks
+told: the target passes' times (`observe_pass`), the drafting times it clocks
 itself, and how many drafts the target accepted (`observe_acceptance`).
 
 Time comes from an injected clock and rank agreement from an injected `share` function, so
@@ -44,13 +44,10 @@ ELASTIC_WINDOW = 8
 MIN_DRAFTED_STEPS = 32
 # Steps in a row of one choice (draft or not) after which one step takes the other
 # (core.budget.Exploration): at least 16, at most 1024, and as many as keep what exploring
-# costs, all told, to 1 % of the steps' time.
+# costs to 1 % of the steps' time.
 EXPLORATION_INTERVAL = 16
 MAX_EXPLORATION_INTERVAL = 1024
 MAX_EXPLORATION_SHARE = 0.01
-# Drafted steps a switch from not drafting to drafting must pay for itself over (it writes
-# the draft KV the undrafted steps owed): the shortest run of a choice before it is explored.
-SWITCH_HORIZON_STEPS = EXPLORATION_INTERVAL
 
 Share = Callable[[list[float]], list[float]]  # rank 0's values on every tensor-parallel rank
 
@@ -59,7 +56,7 @@ Share = Callable[[list[float]], list[float]]  # rank 0's values on every tensor-
 class StepPlan:
     """What one step drafts."""
 
-    draft: bool  # False: the step drafts nothing; its requests owe the draft KV
+    draft: bool  # False: the step drafts nothing (it writes only its rows' draft KV)
     depths: int  # draft depths to grow (elastic depth: may be fewer than `steps`)
     width: int  # frontier nodes per depth and children per node (elastic width: may be below `topk`)
     gate: GrowthPolicy  # the per-request gate
@@ -73,10 +70,9 @@ class _DraftingCall:
     """One step's drafting decision, timed."""
 
     called: float  # clock at the decision
-    seconds: float  # drafting's own time (the decision, catch-up, drafting)
+    seconds: float  # drafting's own time (the decision and drafting, or writing the draft KV)
     req_ids: frozenset[str]
     drafted: bool
-    catch_up_seconds: float  # of `seconds`, writing the draft KV owed by undrafted steps
 
 
 class BatchPolicy:
@@ -106,9 +102,6 @@ class BatchPolicy:
         # processing (the time between two drafting calls, less the drafting and the target
         # pass between them).
         self.step_overhead = LinearCost()
-        # Writing the draft KV that undrafted steps owed, by the rows owed: the price of a
-        # switch to drafting.
-        self.catch_up_cost = LinearCost()
         self.acceptance_curve = AcceptanceCurve(config.num_draft_tokens - 1)
         self.last_pass_seconds: float | None = None
         self.last_budget: int | None = None
@@ -134,7 +127,6 @@ class BatchPolicy:
         self._verified_since_decision = (0.0, 0)  # predicted, accepted drafts
         self._last_call: _DraftingCall | None = None
         self._called: float | None = None  # clock at the current step's decision
-        self._caught_up = 0.0  # clock when the current step's catch-up ended
 
     # ---- what the policy is -----------------------------------------------------------
 
@@ -167,27 +159,20 @@ class BatchPolicy:
 
     # ---- the step's decisions ---------------------------------------------------------
 
-    def decide(self, req_ids: list[str], owed_rows: int) -> StepPlan:
-        """The plan of the step whose drafts `req_ids` (batch order) are about to get; the
-        batch owes `owed_rows` rows of draft KV from undrafted steps."""
+    def decide(self, req_ids: list[str]) -> StepPlan:
+        """The plan of the step whose drafts `req_ids` (batch order) are about to get."""
         self._called = self.clock()
         self._observe_previous_step(self._called, req_ids)
         self.measured_goodput.set_batch(req_ids)
-        draft, exploring = self._speculation_pays(len(req_ids), owed_rows)
+        draft, exploring = self._speculation_pays(len(req_ids))
         depths, width = self._shape_to_draft()
         return StepPlan(draft, depths, width, self.gate, self.recording, self.spends_budget(), exploring)
-
-    def caught_up(self, owed_rows: int) -> None:
-        """The drafted step wrote the draft KV its batch owed (timed from `decide`)."""
-        self._caught_up = self.clock()
-        if owed_rows:
-            self.catch_up_cost.observe(owed_rows, self._caught_up - self._called)
 
     def drafted(self, plan: StepPlan, req_ids: list[str]) -> None:
         """The step's drafting is done (its drafts reached the host)."""
         now = self.clock()
         if plan.draft:
-            drafting = now - self._caught_up
+            drafting = now - self._called
             self.draft_cost.observe(len(req_ids), drafting)
             batch_class = len(req_ids).bit_length()
             if batch_class not in self.draft_depth_costs:  # not setdefault: that would build one every step
@@ -195,8 +180,7 @@ class BatchPolicy:
             self.draft_depth_costs[batch_class].observe(plan.depths, drafting)
         else:
             self.counters.num_undrafted_steps += 1
-        catch_up = self._caught_up - self._called if plan.draft else 0.0
-        self._last_call = _DraftingCall(self._called, now - self._called, frozenset(req_ids), plan.draft, catch_up)
+        self._last_call = _DraftingCall(self._called, now - self._called, frozenset(req_ids), plan.draft)
 
     def budget(self, plan: StepPlan, node_values: torch.Tensor | None, node_depths: torch.Tensor | None,
                batch: int) -> int | None:
@@ -255,11 +239,7 @@ class BatchPolicy:
         """What the previous drafting decision led to, timed up to `now`: the step's other
         work (the time less that call and the target pass since), when requests ran through
         (no idle engine in between); and the step's goodput under that decision, when the
-        same requests ran through (no prefill of a new one in the pass). The draft KV that
-        undrafted steps owed, written by the step, is the price of changing from not drafting
-        to drafting, paid once: it is left out of the goodput of drafted steps (an exploration
-        pays all of it, and would make drafting step after step look dearer than it is) and
-        kept in what the exploration cost (MeasuredGoodput.latest)."""
+        same requests ran through (no prefill of a new one in the pass)."""
         (predicted, accepted), self._verified_since_decision = self._verified_since_decision, (0.0, 0)
         last = self._last_call
         if last is None:
@@ -267,16 +247,13 @@ class BatchPolicy:
         if self.last_pass_seconds is not None and not last.req_ids.isdisjoint(req_ids):
             self.step_overhead.observe(len(req_ids), now - last.called - last.seconds - self.last_pass_seconds)
         if last.req_ids == frozenset(req_ids):
-            self.measured_goodput.observe(len(req_ids), last.drafted, now - last.called, predicted, accepted,
-                                          switch_seconds=last.catch_up_seconds)
+            self.measured_goodput.observe(len(req_ids), last.drafted, now - last.called, predicted, accepted)
 
-    def _speculation_pays(self, batch: int, owed_rows: int) -> tuple[bool, bool]:
+    def _speculation_pays(self, batch: int) -> tuple[bool, bool]:
         """(draft this step, exploring). Echo with the auto budget drafts a step only when
         speculation is expected to beat a plain step at this batch size: as measured
         (core.budget.MeasuredGoodput) once drafted and undrafted steps were both measured at
-        this batch size, as its model predicts (core.budget.speculation_pays) before; and,
-        when the batch owes `owed_rows` rows of draft KV from undrafted steps, only if what
-        drafting gains over the next SWITCH_HORIZON_STEPS steps covers writing them. Until the
+        this batch size, as its model predicts (core.budget.speculation_pays) before. Until the
         target's cost model is measured and MIN_DRAFTED_STEPS steps were drafted, it drafts;
         and now and then a step takes the other choice (core.budget.Exploration). The same
         decision on every rank."""
@@ -290,16 +267,7 @@ class BatchPolicy:
         pays = (ratio >= 1.0 if ratio is not None else
                 speculation_pays(batch, self.acceptance_curve, self.cost_model, self.draft_cost(batch),
                                  self.step_seconds_besides_drafting(batch)))
-        # A switch is dear on a full batch (on this CPU at batch 64, 6,000 owed rows, prompts
-        # included, took about 3 s: ten plain steps): it is not taken on a close ratio or the
-        # model's word, nor where nothing measured the gain at this class yet (exploring
-        # will). Once an exploration paid for it, nothing is owed and the ratio alone decides.
-        if pays and owed_rows:
-            gain, switch_seconds = measured.drafting_gain(batch, SWITCH_HORIZON_STEPS), self.catch_up_cost(owed_rows)
-            if switch_seconds is not None and (gain is None or gain < switch_seconds):
-                pays = False
-        # What the latest exploration cost, all told (a drafted one also wrote the draft KV
-        # owed), sets the wait for the next one.
+        # What the latest exploration cost sets the wait for the next one.
         cost = measured.latest_cost(batch, drafted=not pays)
         shared_pays, shared_cost = self.share([float(pays), cost])
         shared_pays = bool(shared_pays)

@@ -35,11 +35,10 @@ def make_policy(options=ECHO_AUTO, share=lambda values: values):
 
 def run_step(policy, clock, batch, draft_s, accepted_per_request, pass_s=0.010):
     """One engine step as the drafter and the runner report it: the decision, drafting (or
-    keeping the first-pass inputs), the target pass, and its acceptance. Returns the plan."""
+    writing the step's draft KV), the target pass, and its acceptance. Returns the plan."""
     req_ids = [f"r{i}" for i in range(batch)]
-    plan = policy.decide(req_ids, owed_rows=0)
+    plan = policy.decide(req_ids)
     if plan.draft:
-        policy.caught_up(0)
         clock.now += draft_s
         policy.budget(plan, torch.full((batch * 4,), 0.5), torch.ones(batch * 4, dtype=torch.int64), batch)
     else:
@@ -118,7 +117,7 @@ def test_forced_choice_overrides_the_decision():
 def test_exploring_buys_at_least_one_draft_per_request():
     policy, _ = make_policy()
     policy.cost_model = CostModel([1, 8, 64], [0.01, 0.08, 0.64])  # every verified token costs
-    plan = policy.decide(["a", "b", "c"], 0)
+    plan = policy.decide(["a", "b", "c"])
     exploring = dataclasses.replace(plan, exploring=True)
     # node values so low that the goodput budget buys nothing
     assert policy.budget(plan, torch.full((12,), 1e-6), torch.ones(12, dtype=torch.int64), 3) == 0
@@ -130,12 +129,11 @@ def test_a_deeper_node_pays_for_its_depths_drafting():
     policy, clock = make_policy({**ECHO_AUTO, "topk": 1, "num_draft_tokens": 4})
     policy.cost_model = CostModel([1, 64], [0.010, 0.010])  # verifying more tokens is free
     for depths in (1, 2, 3) * 3:  # drafting takes 2 ms a depth
-        plan = dataclasses.replace(policy.decide(["a"], 0), depths=depths)
-        policy.caught_up(0)
+        plan = dataclasses.replace(policy.decide(["a"]), depths=depths)
         clock.now += 0.002 * depths
         policy.drafted(plan, ["a"])
         clock.now += 0.010
-    plan = policy.decide(["a"], 0)
+    plan = policy.decide(["a"])
     depths = torch.tensor([1, 2, 3])
     # goodput by budget: 1 / .012, 1.9 / .012, 2.4 / .014 = 171, 2.45 / .016 = 153: depth 3 does
     # not pay for its drafting although verifying it is free
@@ -151,35 +149,35 @@ def test_static_policy_always_drafts_every_depth_without_a_budget():
 
 def test_elastic_depth_and_width_follow_what_the_budget_bought():
     policy, _ = make_policy({**ECHO_AUTO, "topk": 4, "num_draft_tokens": 9})
-    plan = policy.decide(["a"], 0)
+    plan = policy.decide(["a"])
     assert (plan.depths, plan.width) == (3, 4)  # nothing bought yet: the whole shape
     for _ in range(3):  # a budget that buys one path
         policy.bought(1, widest=1)
-    plan = policy.decide(["a"], 0)
+    plan = policy.decide(["a"])
     assert (plan.depths, plan.width) == (1, 1)  # a chain, as long as what was bought
     policy.bought(2, widest=1)
     for _ in range(3):
         policy.bought(1, widest=1)
-    plan = policy.decide(["a"], 0)
+    plan = policy.decide(["a"])
     assert (plan.depths, plan.width) == (2, 1)
     policy.bought(1, widest=1)
     # every ELASTIC_WINDOW-th step probes one deeper and one wider
     assert policy.num_bought_steps == 8
-    plan = policy.decide(["a"], 0)
+    plan = policy.decide(["a"])
     assert (plan.depths, plan.width) == (3, 2)
     policy.bought(1, widest=1)
-    plan = policy.decide(["a"], 0)
+    plan = policy.decide(["a"])
     assert (plan.depths, plan.width) == (2, 1)
     for _ in range(7):
         policy.bought(1, widest=1)
-    plan = policy.decide(["a"], 0)  # 16 steps bought: a probe; the depth-2 step left the window
+    plan = policy.decide(["a"])  # 16 steps bought: a probe; the depth-2 step left the window
     assert (plan.depths, plan.width) == (2, 2)
     policy.bought(3, widest=3)  # the probe's budget bought more: the shape follows
-    plan = policy.decide(["a"], 0)
+    plan = policy.decide(["a"])
     assert (plan.depths, plan.width) == (3, 3)
     for _ in range(8):  # a budget that buys nothing: one depth-1 draft is still valued
         policy.bought(0, widest=0)
-    plan = policy.decide(["a"], 0)
+    plan = policy.decide(["a"])
     assert (plan.depths, plan.width) == (1, 1)
 
 
