@@ -150,17 +150,25 @@ class EchoProposer(EagleProposer):
         Written now rather than at the request's next drafted step, the draft KV is whole
         whatever the steps decide: a change to drafting costs nothing, and prompt blocks
         shared through the prefix cache carry it."""
-        hidden = self.model.combine_hidden_states(target_hidden_states)
-        num_tokens, _, cad = self.set_inputs_first_pass(
-            target_token_ids=target_token_ids, next_token_ids=next_token_ids, target_positions=target_positions,
-            target_hidden_states=hidden, token_indices_to_sample=token_indices_to_sample, cad=cad,
-            num_rejected_tokens_gpu=None,
-        )
+        num_tokens, _, cad = self._set_first_pass_inputs(target_token_ids, target_positions, target_hidden_states,
+                                                         next_token_ids, token_indices_to_sample, cad)
         _, k, v, _ = self._draft_qkv(self.input_ids[:num_tokens], self.hidden_states[:num_tokens],
-                                  self.positions[:num_tokens])
+                                     self.positions[:num_tokens])
         self.kv_layout.scatter(self._draft_attn_layer().kv_cache, cad.slot_mapping[:num_tokens].long(), k, v)
 
     # ---- drafting ---------------------------------------------------------------------
+
+    def _set_first_pass_inputs(self, target_token_ids, target_positions, target_hidden_states, next_token_ids,
+                               token_indices_to_sample, cad):
+        """vLLM's first-pass inputs in the drafter's buffers (input_ids, positions,
+        hidden_states): the committed tokens shifted by one, each request's next token last,
+        and the target's hidden states combined by the head's fc. Returns the token count,
+        each request's last row and the attention metadata, as set_inputs_first_pass does."""
+        return self.set_inputs_first_pass(
+            target_token_ids=target_token_ids, next_token_ids=next_token_ids, target_positions=target_positions,
+            target_hidden_states=self.model.combine_hidden_states(target_hidden_states),
+            token_indices_to_sample=token_indices_to_sample, cad=cad, num_rejected_tokens_gpu=None,
+        )
 
     def _first_pass(
         self, target_token_ids, target_positions, target_hidden_states, next_token_ids,
@@ -172,16 +180,8 @@ class EchoProposer(EagleProposer):
         state depth-1 nodes take as input, the position of the last committed row, and the
         attention metadata after the pass.
         """
-        target_hidden_states = self.model.combine_hidden_states(target_hidden_states)
-        num_tokens, token_indices_to_sample, cad = self.set_inputs_first_pass(
-            target_token_ids=target_token_ids,
-            next_token_ids=next_token_ids,
-            target_positions=target_positions,
-            target_hidden_states=target_hidden_states,
-            token_indices_to_sample=token_indices_to_sample,
-            cad=cad,
-            num_rejected_tokens_gpu=None,
-        )
+        num_tokens, token_indices_to_sample, cad = self._set_first_pass_inputs(
+            target_token_ids, target_positions, target_hidden_states, next_token_ids, token_indices_to_sample, cad)
         _, per_layer_attn_metadata = self.build_per_group_and_layer_attn_metadata(cad)
         cudagraph_mode, num_input_tokens, num_tokens_across_dp = (
             self._determine_batch_execution_and_padding(num_tokens)
@@ -394,7 +394,6 @@ class EchoProposer(EagleProposer):
         # vLLM's CPU rotary kernel reads positions as a dense array: no stride-0 views
         q, k = attn.rotary_emb(positions.contiguous(), q, k)
         return q, k.view(-1, attn.num_kv_heads, attn.head_dim), v.view(-1, attn.num_kv_heads, attn.head_dim), residual
-
 
 
 @dataclass(frozen=True)

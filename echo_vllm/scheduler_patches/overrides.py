@@ -217,7 +217,7 @@ PROPOSER = [
         source_sha256="00017c139f27a3e7baa4a284b30c1d3782806b91f8adbe85bd7f58551a1eb1b3",
         copied_into="echo_vllm.proposers.eagle_tree.EchoProposer._first_pass",
         recheck="the first pass: combine_hidden_states, set_inputs_first_pass, attention metadata, "
-        "padding, model inputs, the forward context and the model call (also in _write_draft_kv)",
+        "padding, model inputs, the forward context and the model call (inputs also in _write_draft_kv)",
         why="echo runs vLLM's EAGLE-3 first pass, then grows trees instead of chains",
         upstream=_NO_TREE_DRAFT, remove_when=_TREE_DRAFT_UPSTREAM,
     ),
