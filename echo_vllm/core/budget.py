@@ -217,10 +217,12 @@ class AcceptanceCurve:
     Each drafted step contributes its cumulative node values (the draft's path probabilities,
     in the order the budget buys them) divided by its number of requests, on a grid of 1/8
     draft token per request. Normalised per request, steps of any batch size combine, and the
-    curve predicts a step at another batch size B: gains(G) = B * curve(G / B).
+    curve describes a step at another batch size B: B * curve(G / B) for a budget G (the
+    policy's stats report it; `echo-vllm bench --simulate` projects from it).
 
     The draft's probabilities are its own belief; on live traffic it may be over- or
-    under-confident. `scale` (accepted / predicted over recent verified trees) corrects them.
+    under-confident. `scale` (accepted / predicted over recent verified trees) corrects them;
+    the budget weighs each node's value by it.
     """
 
     GRID_PER_TOKEN = 8
@@ -259,12 +261,6 @@ class AcceptanceCurve:
             self.gains_per_request = step
         else:
             self.gains_per_request = (1 - self.weight) * self.gains_per_request + self.weight * step
-
-    def gains(self, num_requests: int, budgets: torch.Tensor) -> torch.Tensor:
-        """Expected accepted draft tokens of a step of num_requests requests, per budget."""
-        assert self.gains_per_request is not None, "no drafted step observed yet"
-        per_request = (budgets.to(torch.float64) / num_requests).clamp(max=float(self.grid[-1]))
-        return self.scale * num_requests * piecewise_linear(per_request, self.grid, self.gains_per_request)
 
 
 class LinearCost:

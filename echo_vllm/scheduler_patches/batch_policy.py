@@ -1,8 +1,8 @@
 """Echo's batch policy: what one step drafts, for the whole batch.
 
 Per step, before drafting, `decide` says whether the step is worth drafting at all (echo
-with the auto budget drafts only where speculation is measured or expected to pay at that
-batch size), how deep to draft, and which per-request gate to apply; after the batch's
+with the auto budget drafts only where drafted steps were measured to beat undrafted ones at
+that batch size), how deep to draft, and which per-request gate to apply; after the batch's
 candidate pools are grown, `budget` says how many draft tokens the target verifies in all
 (the elastic budget, core.budget: go deep, then wide). The policy learns from what it is
 told: the target passes' times (`observe_pass`), the drafting times it clocks
@@ -38,8 +38,8 @@ from echo_vllm.stats import EchoCounters
 # width drafted next (elastic depth and width)
 ELASTIC_WINDOW = 8
 # Drafted steps measured (drafting time, acceptance) before echo may decide that a step is
-# not worth drafting: its estimates must not rest on the first, noisiest steps, since steps
-# it does not draft measure nothing about drafting.
+# not worth drafting: the acceptance it pools must not rest on the first few draws, since
+# steps it does not draft measure nothing about drafting.
 MIN_DRAFTED_STEPS = 32
 # Steps in a row of one choice (draft or not) after which one step takes the other
 # (core.budget.Exploration): at least 16, at most 1024, and as many as keep what exploring

@@ -151,18 +151,21 @@ def test_goodput_budget_worked_example_and_load():
     assert goodput_budget(torch.tensor([0.9, 0.5, 0.1]), 2, flat, overhead_s=by_budget) == 2
 
 
-def test_acceptance_curve_is_per_request_and_predicts_other_batch_sizes():
+def test_acceptance_curve_is_per_request():
     curve = AcceptanceCurve(max_drafts_per_request=2)
     # 4 requests, 4 nodes bought in order with values .8 .6 .4 .2: per request, one draft
     # each gains .5; a second draft gains nothing (none drafted)
     curve.observe(torch.tensor([0.8, 0.6, 0.4, 0.2]), num_requests=4)
-    assert torch.allclose(curve.gains(4, torch.tensor([0, 1, 2, 4, 8])),
-                          torch.tensor([0.0, 0.8, 1.4, 2.0, 2.0], dtype=torch.float64))
-    # 8 requests: the same per-request curve, twice the tokens
-    assert torch.allclose(curve.gains(8, torch.tensor([2, 8])), torch.tensor([1.6, 4.0], dtype=torch.float64))
+    per_request = [0, 2, 4, 8, 16]  # grid points: 0, 1/4, 1/2, 1 and 2 drafts per request
+    assert torch.allclose(curve.gains_per_request[per_request],
+                          torch.tensor([0.0, 0.2, 0.35, 0.5, 0.5], dtype=torch.float64))
+    # 8 requests buying the same per request: the same curve
+    again = AcceptanceCurve(max_drafts_per_request=2)
+    again.observe(torch.tensor([0.8, 0.8, 0.6, 0.6, 0.4, 0.4, 0.2, 0.2]), num_requests=8)
+    assert torch.allclose(again.gains_per_request, curve.gains_per_request)
     # the EMA moves toward a step that drafted nothing
     curve.observe(torch.zeros(0), num_requests=4)
-    assert torch.allclose(curve.gains(4, torch.tensor([4])), torch.tensor([1.8], dtype=torch.float64))
+    assert curve.gains_per_request[8] == pytest.approx(0.45)
 
 
 def test_linear_cost_fits_a_line_and_a_single_point():
@@ -191,7 +194,6 @@ def test_acceptance_curve_scales_the_drafts_belief_to_what_the_target_accepts():
     for _ in range(2000):
         curve.observe_verified(predicted=12, accepted=10)  # overconfident by 1.2x
     assert abs(curve.scale - 1 / 1.2) < 2e-3
-    assert torch.allclose(curve.gains(2, torch.tensor([2])), torch.tensor([1.0], dtype=torch.float64), atol=2e-3)
 
 
 def test_exploration_waits_long_enough_to_keep_its_cost_share():
