@@ -1,8 +1,8 @@
 """Is echo's choice between drafting a step and not drafting it the right one?
 
-With the auto budget, echo drafts a step only when drafted steps were measured to beat
-undrafted ones at that batch size (scheduler_patches/batch_policy.py). This checks the choice
-against what it chooses between: in one echo engine (SmolLM2-135M, the committed head and its calibration,
+With the auto budget, echo drafts a step only when it expects speculation to beat a plain step
+at that batch size (core.budget.speculation_pays). This checks the choice against what it
+chooses between: in one echo engine (SmolLM2-135M, the committed head and its calibration,
 budget auto), each batch size's workload (the throughput workload of `echo-vllm bench`:
 MT-Bench prompts of about 100 tokens, 128 output tokens, greedy) runs in turns with the step
 decision replaced:

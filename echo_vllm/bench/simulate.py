@@ -14,8 +14,7 @@ Bandwidth and flops are the GPUs' peaks times efficiency factors; tensor-paralle
 communication and scheduling beyond the fixed overhead are left out. A method drafts its
 measured depth (eagle3: K passes of 1 row; trees: `steps` passes of `topk` rows per request).
 Echo picks, at each batch size, the budget on its acceptance curve with the best projected
-goodput (core.budget.step_goodputs, as its budget does online), or no drafting where that
-beats every budget (online, echo measures that choice: a projection can only predict it).
+goodput, or no drafting, as it does online (core.budget.step_goodputs).
 """
 
 from __future__ import annotations

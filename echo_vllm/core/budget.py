@@ -13,16 +13,19 @@ verifying T tokens, measured at start-up, refined online) and the nodes' expecte
 give the goodput of every G; the budget is the G with the best goodput, i.e. where one more
 verified token costs more time than the tokens it is expected to buy.
 
-Drafting itself costs time every step, whatever the budget buys, and where verification is
-compute-bound no budget pays it back. Whether a step is worth drafting at all is measured, not
-modelled: a model rests on estimates (passes timed at start-up, the draft's own probabilities
-scaled by what was accepted) and cannot see what a step really costs beside them (other
-processes sharing the cores, the engine's own work between passes). `MeasuredGoodput` keeps
-the committed tokens per second of drafted and of undrafted steps, by batch size, and the
-spread of that measurement; the batch policy (scheduler_patches/batch_policy.py) measures
-each choice first and then drafts where drafted steps lead. Now and then a step takes the
-other choice (`Exploration`), so that the measurement of the choice not taken stays current
-and a pessimistic turn does not stop drafting for good.
+Drafting itself costs time every step, whatever the budget buys. Before drafting, echo asks
+whether speculation pays at all at this batch size (`speculation_pays`): the expected
+acceptance per request of recent drafted steps (`AcceptanceCurve`), the target cost model and
+the drafting time and the rest of a step's time (scheduling, input preparation: `LinearCost`
+fits, online) give the best goodput with speculation, against the goodput of a plain step.
+That model rests on estimates (passes timed at start-up, the draft's own probabilities scaled
+by what was accepted); what a step really costs also depends on what the model cannot see
+(other processes sharing the cores, the engine's own work between passes). So echo also
+measures what each choice gave (`MeasuredGoodput`: committed tokens per second of drafted and
+of undrafted steps, by batch size) and, once both choices are measured at a batch size, the
+measurement decides. Now and then a step takes the other choice (`Exploration`), so that the
+measurement of the choice not taken stays current and an estimate that turned pessimistic does
+not stop drafting for good.
 
 Shape key: B requests, P pool nodes per request, M = B*P, G budget (draft tokens).
 """
@@ -30,7 +33,6 @@ Shape key: B requests, P pool nodes per request, M = B*P, G budget (draft tokens
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -217,12 +219,10 @@ class AcceptanceCurve:
     Each drafted step contributes its cumulative node values (the draft's path probabilities,
     in the order the budget buys them) divided by its number of requests, on a grid of 1/8
     draft token per request. Normalised per request, steps of any batch size combine, and the
-    curve describes a step at another batch size B: B * curve(G / B) for a budget G (the
-    policy's stats report it; `echo-vllm bench --simulate` projects from it).
+    curve predicts a step at another batch size B: gains(G) = B * curve(G / B).
 
     The draft's probabilities are its own belief; on live traffic it may be over- or
-    under-confident. `scale` (accepted / predicted over recent verified trees) corrects them;
-    the budget weighs each node's value by it.
+    under-confident. `scale` (accepted / predicted over recent verified trees) corrects them.
     """
 
     GRID_PER_TOKEN = 8
@@ -262,6 +262,12 @@ class AcceptanceCurve:
         else:
             self.gains_per_request = (1 - self.weight) * self.gains_per_request + self.weight * step
 
+    def gains(self, num_requests: int, budgets: torch.Tensor) -> torch.Tensor:
+        """Expected accepted draft tokens of a step of num_requests requests, per budget."""
+        assert self.gains_per_request is not None, "no drafted step observed yet"
+        per_request = (budgets.to(torch.float64) / num_requests).clamp(max=float(self.grid[-1]))
+        return self.scale * num_requests * piecewise_linear(per_request, self.grid, self.gains_per_request)
+
 
 class LinearCost:
     """Seconds as a + b * x, fit online by exponentially weighted least squares (recent
@@ -289,31 +295,22 @@ class LinearCost:
         return max(mean_y + slope * (x - mean_x), 0.0)
 
 
-@dataclass
-class _ChoiceSums:
-    """One choice's steps at one batch-size class, as MeasuredGoodput keeps them: sums of
-    weights decaying by step (seconds) and by request (drafts)."""
+def speculation_pays(num_requests: int, curve: AcceptanceCurve, cost: CostModel, draft_seconds: float,
+                     step_overhead_s: float = 0.0) -> bool:
+    """Whether drafting a step of num_requests requests is expected to beat a plain step.
 
-    steps: float = 0.0  # step weight
-    squared_steps: float = 0.0  # summed squared step weights (the effective number of steps)
-    seconds: float = 0.0
-    squared_seconds: float = 0.0
-    requests: float = 0.0  # request weight
-    predicted: float = 0.0  # predicted accepted drafts
-
-    def add(self, seconds: float, requests: int, predicted: float, step_decay: float, request_decay: float) -> None:
-        d = step_decay
-        self.steps, self.squared_steps = d * self.steps + 1.0, d * d * self.squared_steps + 1.0
-        self.seconds, self.squared_seconds = d * self.seconds + seconds, d * self.squared_seconds + seconds * seconds
-        self.requests = request_decay * self.requests + requests
-        self.predicted = request_decay * self.predicted + predicted
-
-    def relative_standard_error(self) -> float:
-        """The standard error of the mean step seconds, over that mean."""
-        mean = self.seconds / self.steps
-        variance = max(self.squared_seconds / self.steps - mean * mean, 0.0)
-        effective_steps = self.steps * self.steps / self.squared_steps
-        return math.sqrt(variance / effective_steps) / mean if mean > 0.0 else 0.0
+    Best goodput with speculation, over every budget G the curve can fill:
+    (requests + gains(G)) / (cost(requests + G) + draft_seconds + step_overhead_s), against
+    the plain step's requests / (cost(requests) + step_overhead_s). Worked example: 2
+    requests, curve gains .45 per request at one draft each, cost 1 s + .1 s per token beyond
+    2, no overhead, drafting .1 s -> best G = 2: 2.9 / 1.3 = 2.23 > 2.0 pays; drafting .5 s ->
+    2.9 / 1.7 = 1.71 (and G = 1: 2.45 / 1.6 = 1.53) does not.
+    """
+    budgets = torch.arange(int(curve.grid[-1] * num_requests) + 1)
+    with_speculation = step_goodputs(num_requests, curve.gains(num_requests, budgets), cost,
+                                     draft_seconds + step_overhead_s)
+    plain = step_goodputs(num_requests, torch.zeros(1, dtype=torch.float64), cost, step_overhead_s)
+    return bool(with_speculation.max() > plain[0])
 
 
 class MeasuredGoodput:
@@ -356,7 +353,8 @@ class MeasuredGoodput:
         self.own_decay, self.prior_drafts = own_decay, prior_drafts
         self.own: dict[str, list[float]] = {}  # request -> predicted, accepted drafts (decayed by its steps)
         self.batch: tuple[str, ...] = ()  # the requests of the step being decided
-        self.sums: dict[tuple[int, bool], _ChoiceSums] = {}  # (class, drafted) -> its steps
+        # (class, drafted) -> step weight, seconds, request weight, predicted drafts (summed)
+        self.sums: dict[tuple[int, bool], list[float]] = {}
         self.latest: dict[tuple[int, bool], float] = {}  # (class, drafted) -> seconds of the latest step
         self.verified = [0.0, 0.0]  # over all classes: predicted, accepted drafts (decayed by request)
 
@@ -365,14 +363,13 @@ class MeasuredGoodput:
         """One step's outcome: its seconds and its verified drafts' predicted and accepted
         count (summed over its requests)."""
         key = (batch.bit_length(), drafted)
-        sums = self.sums.get(key)
-        if sums is None:  # not setdefault: that would build one every step
-            sums = self.sums[key] = _ChoiceSums()
-        request_decay = self.request_decay ** batch
-        sums.add(seconds, batch, predicted, self.decay, request_decay)
+        steps, total, requests, predictions = self.sums.get(key, (0.0, 0.0, 0.0, 0.0))
+        d, r = self.decay, self.request_decay ** batch
+        self.sums[key] = [d * steps + 1.0, d * total + seconds, r * requests + batch,
+                          r * predictions + predicted]
         self.latest[key] = seconds
         if predicted > 0.0:
-            self.verified = [request_decay * self.verified[0] + predicted, request_decay * self.verified[1] + accepted]
+            self.verified = [r * self.verified[0] + predicted, r * self.verified[1] + accepted]
 
     def observe_requests(self, verified: dict[str, tuple[float, float]]) -> None:
         """Each request's verified drafts in one step: predicted (path probabilities) and accepted."""
@@ -405,38 +402,20 @@ class MeasuredGoodput:
     def _means(self, batch: int, drafted: bool, min_steps: float) -> tuple[float, float] | None:
         """(tokens per request, seconds per step) of one choice at this batch size's class,
         once it holds `min_steps` steps' weight there."""
-        sums = self.sums.get((batch.bit_length(), drafted))
-        if sums is None or sums.steps < min_steps:
+        steps, seconds, requests, predicted = self.sums.get((batch.bit_length(), drafted), (0.0, 0.0, 0.0, 0.0))
+        if steps < min_steps:
             return None
-        return 1.0 + self.accepted_share() * sums.predicted / sums.requests, sums.seconds / sums.steps
+        return 1.0 + self.accepted_share() * predicted / requests, seconds / steps
 
     def _rate(self, batch: int, drafted: bool) -> float | None:
         means = self._means(batch, drafted, self.min_steps)
         return means[0] / means[1] if means is not None and means[1] > 0.0 else None
-
-    def measured(self, batch: int, drafted: bool) -> bool:
-        """Whether one choice holds `min_steps` steps' weight at this batch size's class."""
-        return self._means(batch, drafted, self.min_steps) is not None
 
     def ratio(self, batch: int) -> float | None:
         """Goodput of drafted steps over undrafted ones at this batch size's class; None until
         both were measured there."""
         drafted, undrafted = self._rate(batch, True), self._rate(batch, False)
         return None if drafted is None or undrafted is None else drafted / undrafted
-
-    def spread(self, batch: int) -> float:
-        """The standard error of `ratio`, relative to it, from how the two choices' step seconds
-        spread at this batch size's class (their tokens are predictions, without a step's
-        luck): sqrt(se_d^2 + se_u^2), se = a choice's standard deviation of step seconds over
-        its mean, over the square root of its effective number of steps (decayed weights).
-        Only meaningful once `ratio` is not None.
-
-        Worked example: drafted steps with mean 0.20 s and standard deviation 0.02 s over an
-        effective 16 steps (se 0.025), undrafted ones 0.15 s and 0.012 s over 16 (se 0.02):
-        spread sqrt(0.025^2 + 0.02^2) = 0.032.
-        """
-        return math.sqrt(sum(self.sums[(batch.bit_length(), drafted)].relative_standard_error() ** 2
-                             for drafted in (True, False)))
 
     def latest_cost(self, batch: int, drafted: bool) -> float:
         """What the latest step of one choice (drafted or not) cost beyond what the
@@ -484,7 +463,7 @@ class Exploration:
         if not 0.0 < max_share < 1.0:
             raise ValueError(f"echo-vllm: exploration needs 0 < max_share < 1, got {max_share}")
         self.interval, self.max_interval, self.max_share = interval, max_interval, max_share
-        self.choice: bool | None = None  # the choice expected to be better at the latest step
+        self.choice: bool | None = None
         self.in_a_row = 0
 
     def wait(self, cost: float) -> int:

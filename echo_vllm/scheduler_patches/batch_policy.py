@@ -1,8 +1,8 @@
 """Echo's batch policy: what one step drafts, for the whole batch.
 
 Per step, before drafting, `decide` says whether the step is worth drafting at all (echo
-with the auto budget drafts only where drafted steps were measured to beat undrafted ones at
-that batch size), how deep to draft, and which per-request gate to apply; after the batch's
+with the auto budget drafts only where speculation is measured or expected to pay at that
+batch size), how deep to draft, and which per-request gate to apply; after the batch's
 candidate pools are grown, `budget` says how many draft tokens the target verifies in all
 (the elastic budget, core.budget: go deep, then wide). The policy learns from what it is
 told: the target passes' times (`observe_pass`), the drafting times it clocks
@@ -30,6 +30,7 @@ from echo_vllm.core.budget import (
     LinearCost,
     MeasuredGoodput,
     goodput_budget,
+    speculation_pays,
 )
 from echo_vllm.core.gating import GrowthPolicy, ddd_policy, echo_policy, opt_tree_policy, static_policy
 from echo_vllm.stats import EchoCounters
@@ -38,8 +39,8 @@ from echo_vllm.stats import EchoCounters
 # width drafted next (elastic depth and width)
 ELASTIC_WINDOW = 8
 # Drafted steps measured (drafting time, acceptance) before echo may decide that a step is
-# not worth drafting: the acceptance it pools must not rest on the first few draws, since
-# steps it does not draft measure nothing about drafting.
+# not worth drafting: its estimates must not rest on the first, noisiest steps, since steps
+# it does not draft measure nothing about drafting.
 MIN_DRAFTED_STEPS = 32
 # Steps in a row of one choice (draft or not) after which one step takes the other
 # (core.budget.Exploration): at least 16, at most 1024, and as many as keep what exploring
@@ -47,13 +48,6 @@ MIN_DRAFTED_STEPS = 32
 EXPLORATION_INTERVAL = 16
 MAX_EXPLORATION_INTERVAL = 1024
 MAX_EXPLORATION_SHARE = 0.01
-# Undrafted steps are the default: drafting starts only when drafted steps are measured ahead
-# by more than this many standard errors of the ratio (core.budget.MeasuredGoodput.spread),
-# and stops once they fall behind. On a tie not drafting is the better bet: the steps measured
-# leave out what drafting adds elsewhere (the first pass over a new prompt, a closed batch's
-# ragged end, where one request's misses hold the others back), and a choice turned by one
-# noisy measurement would turn back at the next.
-SPREADS_TO_START_DRAFTING = 2.0
 
 Share = Callable[[list[float]], list[float]]  # rank 0's values on every tensor-parallel rank
 
@@ -257,38 +251,30 @@ class BatchPolicy:
 
     def _speculation_pays(self, batch: int) -> tuple[bool, bool]:
         """(draft this step, exploring). Echo with the auto budget drafts a step only when
-        drafted steps were measured to beat undrafted ones at this batch size's class
-        (core.budget.MeasuredGoodput), with hysteresis: from not drafting, by more than
-        SPREADS_TO_START_DRAFTING standard errors; from drafting, until they fall behind. A
-        choice not yet measured at the class is measured first, step after step; once both
-        are, now and then a step takes the choice not taken (core.budget.Exploration). Until
-        the target's cost model is measured and MIN_DRAFTED_STEPS steps were drafted, it
-        drafts. The same decision on every rank: rank 0's."""
+        speculation is expected to beat a plain step at this batch size: as measured
+        (core.budget.MeasuredGoodput) once drafted and undrafted steps were both measured at
+        this batch size, as its model predicts (core.budget.speculation_pays) before. Until the
+        target's cost model is measured and MIN_DRAFTED_STEPS steps were drafted, it drafts;
+        and now and then a step takes the other choice (core.budget.Exploration). The same
+        decision on every rank."""
         if self.forced_choice is not None:
             return self.forced_choice, False
         if not (self.auto_budget() and self.cost_model is not None
                 and self.counters.num_drafted_steps >= MIN_DRAFTED_STEPS):
             return True, False
+        measured = self.measured_goodput
+        ratio = measured.ratio(batch)
+        pays = (ratio >= 1.0 if ratio is not None else
+                speculation_pays(batch, self.acceptance_curve, self.cost_model, self.draft_cost(batch),
+                                 self.step_seconds_besides_drafting(batch)))
+        # What the latest exploration cost sets the wait for the next one.
+        cost = measured.latest_cost(batch, drafted=not pays)
+        shared_pays, shared_cost = self.share([float(pays), cost])
+        shared_pays = bool(shared_pays)
         exploration = self.explorations.get(batch.bit_length())
         if exploration is None:  # not setdefault: that would build one every step
             exploration = self.explorations[batch.bit_length()] = Exploration(
                 EXPLORATION_INTERVAL, MAX_EXPLORATION_INTERVAL, self.max_exploration_share)
-        measured = self.measured_goodput
-        ratio = measured.ratio(batch)
-        measuring = ratio is None
-        if measuring:  # drafted steps first: the warm-up drafted
-            pays = not measured.measured(batch, drafted=True)
-        elif exploration.choice:  # drafting: until drafted steps fall behind
-            pays = ratio >= 1.0
-        else:  # not drafting, or undecided at this class: until drafted steps lead clearly
-            pays = ratio > 1.0 + SPREADS_TO_START_DRAFTING * measured.spread(batch)
-        # What the latest exploration cost sets the wait for the next one.
-        cost = measured.latest_cost(batch, drafted=not pays)
-        shared_pays, shared_measuring, shared_cost = self.share([float(pays), float(measuring), cost])
-        shared_pays = bool(shared_pays)
-        if shared_measuring:  # measuring a choice is exploring it
-            self.counters.num_exploration_steps += 1
-            return shared_pays, shared_pays
         explore = exploration.due(shared_pays, shared_cost)
         self.counters.num_exploration_steps += explore
         return shared_pays != explore, explore and not shared_pays

@@ -17,6 +17,7 @@ from echo_vllm.core.budget import (
     goodput_budget,
     measurement_sizes,
     most_confident_paths,
+    speculation_pays,
 )
 from echo_vllm.core.tree import pool_depths
 
@@ -151,21 +152,18 @@ def test_goodput_budget_worked_example_and_load():
     assert goodput_budget(torch.tensor([0.9, 0.5, 0.1]), 2, flat, overhead_s=by_budget) == 2
 
 
-def test_acceptance_curve_is_per_request():
+def test_acceptance_curve_is_per_request_and_predicts_other_batch_sizes():
     curve = AcceptanceCurve(max_drafts_per_request=2)
     # 4 requests, 4 nodes bought in order with values .8 .6 .4 .2: per request, one draft
     # each gains .5; a second draft gains nothing (none drafted)
     curve.observe(torch.tensor([0.8, 0.6, 0.4, 0.2]), num_requests=4)
-    per_request = [0, 2, 4, 8, 16]  # grid points: 0, 1/4, 1/2, 1 and 2 drafts per request
-    assert torch.allclose(curve.gains_per_request[per_request],
-                          torch.tensor([0.0, 0.2, 0.35, 0.5, 0.5], dtype=torch.float64))
-    # 8 requests buying the same per request: the same curve
-    again = AcceptanceCurve(max_drafts_per_request=2)
-    again.observe(torch.tensor([0.8, 0.8, 0.6, 0.6, 0.4, 0.4, 0.2, 0.2]), num_requests=8)
-    assert torch.allclose(again.gains_per_request, curve.gains_per_request)
+    assert torch.allclose(curve.gains(4, torch.tensor([0, 1, 2, 4, 8])),
+                          torch.tensor([0.0, 0.8, 1.4, 2.0, 2.0], dtype=torch.float64))
+    # 8 requests: the same per-request curve, twice the tokens
+    assert torch.allclose(curve.gains(8, torch.tensor([2, 8])), torch.tensor([1.6, 4.0], dtype=torch.float64))
     # the EMA moves toward a step that drafted nothing
     curve.observe(torch.zeros(0), num_requests=4)
-    assert curve.gains_per_request[8] == pytest.approx(0.45)
+    assert torch.allclose(curve.gains(4, torch.tensor([4])), torch.tensor([1.8], dtype=torch.float64))
 
 
 def test_linear_cost_fits_a_line_and_a_single_point():
@@ -185,6 +183,26 @@ def test_linear_cost_fits_a_line_and_a_single_point():
     assert line(-100) == 0.0
 
 
+def test_speculation_pays_worked_example():
+    curve = AcceptanceCurve(max_drafts_per_request=1)
+    curve.observe(torch.tensor([0.45, 0.45]), num_requests=2)
+    cost = CostModel([2, 3, 4], [1.0, 1.1, 1.2])
+    assert speculation_pays(2, curve, cost, draft_seconds=0.1)
+    assert not speculation_pays(2, curve, cost, draft_seconds=0.5)
+
+
+def test_speculation_stops_paying_as_load_makes_verification_compute_bound():
+    # CPU-like target: fixed cost, then ~linear per token; the draft costs per request
+    cost = CostModel([1, 16, 64, 256], [0.03, 0.05, 0.15, 0.55])
+    curve = AcceptanceCurve(max_drafts_per_request=1)
+    curve.observe(torch.full((8,), 0.4), num_requests=8)
+    draft = LinearCost()
+    for b in (1, 8, 64):
+        draft.observe(b, 0.004 + 0.0003 * b)
+    assert speculation_pays(1, curve, cost, draft(1))
+    assert not speculation_pays(64, curve, cost, draft(64))
+
+
 def test_acceptance_curve_scales_the_drafts_belief_to_what_the_target_accepts():
     curve = AcceptanceCurve(max_drafts_per_request=1)
     curve.observe(torch.tensor([0.6, 0.6]), num_requests=2)
@@ -194,6 +212,7 @@ def test_acceptance_curve_scales_the_drafts_belief_to_what_the_target_accepts():
     for _ in range(2000):
         curve.observe_verified(predicted=12, accepted=10)  # overconfident by 1.2x
     assert abs(curve.scale - 1 / 1.2) < 2e-3
+    assert torch.allclose(curve.gains(2, torch.tensor([2])), torch.tensor([1.0], dtype=torch.float64), atol=2e-3)
 
 
 def test_exploration_waits_long_enough_to_keep_its_cost_share():
@@ -226,22 +245,6 @@ def test_measured_goodput_worked_example_and_batch_classes():
         measured.observe(batch, drafted=True, seconds=0.3, predicted=batch / 3, accepted=batch / 5)
     assert measured.ratio(6) == pytest.approx((1 + 0.6 / 3) / 1.5)
     assert measured.ratio(1) > 1.0  # the classes' seconds do not mix
-
-
-def test_measured_goodput_spread_worked_example():
-    measured = MeasuredGoodput(min_steps=4, decay=1.0)  # undecayed: 16 steps are 16 effective ones
-    for step in range(16):
-        measured.observe(1, drafted=True, seconds=(0.18, 0.22)[step % 2], predicted=0.5, accepted=0.5)
-        measured.observe(1, drafted=False, seconds=(0.138, 0.162)[step % 2])
-    assert measured.spread(1) == pytest.approx(math.hypot(0.02 / 0.20 / 4, 0.012 / 0.15 / 4))  # 0.032
-    decayed = MeasuredGoodput(min_steps=4, decay=0.9)
-    for step in range(200):
-        decayed.observe(1, drafted=True, seconds=(0.18, 0.22)[step % 2], predicted=0.5, accepted=0.5)
-        decayed.observe(1, drafted=False, seconds=0.15)
-    # the weights 0.9^k count as (1 + 0.9) / (1 - 0.9) = 19 steps; even steady undrafted steps
-    # leave the drafted ones' spread
-    assert decayed.spread(1) == pytest.approx(0.02 / 0.20 / math.sqrt(19), rel=0.01)
-    assert decayed.measured(1, drafted=True) and not decayed.measured(4, drafted=True)
 
 
 def test_measured_goodput_follows_recent_steps():
