@@ -33,6 +33,8 @@ Shape key: B requests, P pool nodes per request, M = B*P, G budget (draft tokens
 from __future__ import annotations
 
 import math
+from collections import deque
+from dataclasses import dataclass
 
 import torch
 
@@ -323,6 +325,18 @@ class MeasuredGoodput:
     choice keeps decayed sums per class, so its recent steps count most, and its latest step.
     A step's seconds decay by step (`decay` per newer step of the choice).
 
+    The two choices' seconds are compared in pairs of neighbours, never as two means: the
+    choice taken rarely (explorations) is measured once in many steps, so its mean would be
+    as old as its steps, and the machine's speed drifts meanwhile (other processes, clocks;
+    on the 2-core CPU a mean a run old was 8 % off, more than drafting's margin at a full
+    batch). Each of the first `span` steps of a run of one choice is paired with the mean of
+    the last `span` steps of the other choice's run just before it (when the class's steps
+    follow each other, at most `span` steps apart), giving log(drafted / undrafted seconds)
+    at weight 1 / span; these decay by `decay` per unit of weight. An exploration between two
+    runs of the other choice is so compared with its neighbours on both sides, and a change
+    of speed that both choices share cancels. A change of one choice alone shows at the next
+    change of choice.
+
     Its accepted drafts are one draw per request, as noisy as one request's luck at batch 1
     (mostly 0 or 1) and about as rare at batch 4 (a few drafted steps there may accept none),
     so they are not averaged per class. Per class a choice keeps the drafts' *predicted*
@@ -339,18 +353,23 @@ class MeasuredGoodput:
     share carried into the next requests for about 1 / (1 - request_decay) drafts, and with
     drafting stopped only explorations brought it back.
 
-    `ratio` compares the two choices once both hold `min_steps` steps' weight in the batch's
-    class.
+    `ratio` compares the two choices once drafted steps hold `min_steps` steps' weight in the
+    batch's class and its pairs `min_pairs` weight.
 
-    Worked example: undrafted steps at batch 1 commit 1 token in 0.10 s (10 tokens/s); drafted
-    ones take 0.12 s and predict 0.5 accepted drafts per request, of which the target accepts
-    60 % -> 1.3 tokens in 0.12 s (10.8 tokens/s): ratio 1.083, drafting pays.
+    Worked example: undrafted steps at batch 1 commit 1 token in 0.10 s (10 tokens/s); the
+    drafted steps beside them take 0.12 s and predict 0.5 accepted drafts per request, of
+    which the target accepts 60 % -> 1.3 tokens in 0.12 s (10.8 tokens/s): ratio 1.083,
+    drafting pays.
     """
 
     def __init__(self, min_steps: float = 4.0, decay: float = 0.9, request_decay: float = 0.99,
-                 own_decay: float = 0.95, prior_drafts: float = 2.0):
+                 own_decay: float = 0.95, prior_drafts: float = 2.0, span: int = 4, min_pairs: float = 1.0):
         self.min_steps, self.decay, self.request_decay = min_steps, decay, request_decay
         self.own_decay, self.prior_drafts = own_decay, prior_drafts
+        self.span, self.min_pairs = span, min_pairs
+        self.step = 0  # steps decided (set_batch), to tell whether a class's steps follow each other
+        self.runs: dict[int, _Run] = {}  # class -> its current run of one choice
+        self.pairs: dict[int, list[float]] = {}  # class -> weight, weighted log(drafted / undrafted seconds)
         self.own: dict[str, list[float]] = {}  # request -> predicted, accepted drafts (decayed by its steps)
         self.batch: tuple[str, ...] = ()  # the requests of the step being decided
         # (class, drafted) -> step weight, seconds, request weight, predicted drafts (summed)
@@ -368,6 +387,7 @@ class MeasuredGoodput:
         self.sums[key] = [d * steps + 1.0, d * total + seconds, r * requests + batch,
                           r * predictions + predicted]
         self.latest[key] = seconds
+        self._pair(key[0], drafted, seconds)
         if predicted > 0.0:
             self.verified = [r * self.verified[0] + predicted, r * self.verified[1] + accepted]
 
@@ -377,9 +397,29 @@ class MeasuredGoodput:
             own_predicted, own_accepted = self.own.get(req_id, (0.0, 0.0))
             self.own[req_id] = [self.own_decay * own_predicted + predicted, self.own_decay * own_accepted + accepted]
 
+    def _pair(self, batch_class: int, drafted: bool, seconds: float) -> None:
+        """Pair a step with the other choice's steps just before it (the class docstring)."""
+        run = self.runs.get(batch_class)
+        if run is None or self.step - run.last_step > self.span:  # the class's steps do not follow each other
+            run = self.runs[batch_class] = _Run(drafted, deque(maxlen=self.span))
+        elif run.drafted != drafted:
+            run.previous = sum(run.recent) / len(run.recent)
+            run.drafted, run.length = drafted, 0
+            run.recent.clear()
+        if run.previous is not None and run.length < self.span and run.previous > 0.0 and seconds > 0.0:
+            log_ratio = math.log(seconds / run.previous) * (1.0 if drafted else -1.0)
+            weight, total = self.pairs.get(batch_class, (0.0, 0.0))
+            weight_decay = self.decay ** (1.0 / self.span)
+            self.pairs[batch_class] = [weight_decay * weight + 1.0 / self.span,
+                                       weight_decay * total + log_ratio / self.span]
+        run.recent.append(seconds)
+        run.length += 1
+        run.last_step = self.step
+
     def set_batch(self, req_ids: list[str]) -> None:
         """The requests of the step about to be decided; the records of requests no longer
         running are dropped."""
+        self.step += 1
         self.batch = tuple(req_ids)
         self.own = {req_id: self.own[req_id] for req_id in self.batch if req_id in self.own}
 
@@ -407,15 +447,15 @@ class MeasuredGoodput:
             return None
         return 1.0 + self.accepted_share() * predicted / requests, seconds / steps
 
-    def _rate(self, batch: int, drafted: bool) -> float | None:
-        means = self._means(batch, drafted, self.min_steps)
-        return means[0] / means[1] if means is not None and means[1] > 0.0 else None
-
     def ratio(self, batch: int) -> float | None:
-        """Goodput of drafted steps over undrafted ones at this batch size's class; None until
-        both were measured there."""
-        drafted, undrafted = self._rate(batch, True), self._rate(batch, False)
-        return None if drafted is None or undrafted is None else drafted / undrafted
+        """Goodput of drafted steps over undrafted ones at this batch size's class: drafted
+        steps' tokens per request over their paired seconds ratio; None until both were
+        measured there."""
+        drafted = self._means(batch, True, self.min_steps)
+        weight, total = self.pairs.get(batch.bit_length(), (0.0, 0.0))
+        if drafted is None or weight < self.min_pairs:
+            return None
+        return drafted[0] / math.exp(total / weight)
 
     def latest_cost(self, batch: int, drafted: bool) -> float:
         """What the latest step of one choice (drafted or not) cost beyond what the
@@ -436,6 +476,17 @@ class MeasuredGoodput:
         tokens, _ = self._means(batch, drafted, 1.0)  # one step: self.latest has it
         other_tokens, other_seconds = other
         return max(self.latest[key] - tokens / other_tokens * other_seconds, 0.0) / other_seconds
+
+
+@dataclass
+class _Run:
+    """Steps in a row of one choice at one batch-size class (MeasuredGoodput's pairs)."""
+
+    drafted: bool
+    recent: deque  # seconds of its last `span` steps
+    length: int = 0  # its steps so far
+    previous: float | None = None  # mean seconds of the other choice's last steps before this run
+    last_step: int = 0  # MeasuredGoodput.step at its latest step
 
 
 class Exploration:

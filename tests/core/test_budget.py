@@ -237,6 +237,8 @@ def test_measured_goodput_worked_example_and_batch_classes():
         assert measured.ratio(1) is None  # drafted steps not measured yet
     for _ in range(3):
         measured.observe(1, drafted=True, seconds=0.12, predicted=0.5, accepted=0.3)
+    assert measured.ratio(1) is None  # three pairs of weight 1/4: not yet min_pairs
+    measured.observe(1, drafted=True, seconds=0.12, predicted=0.5, accepted=0.3)
     assert measured.ratio(1) == pytest.approx(1.3 / 0.12 / 10.0)
     # batch sizes 4-7 are another class: nothing measured there
     assert measured.ratio(4) is None
@@ -248,19 +250,47 @@ def test_measured_goodput_worked_example_and_batch_classes():
 
 
 def test_measured_goodput_follows_recent_steps():
-    measured = MeasuredGoodput(min_steps=1, decay=0.5, request_decay=0.5)
+    measured = MeasuredGoodput(min_steps=1, decay=0.5, request_decay=0.5, min_pairs=0.5)
     measured.observe(1, drafted=False, seconds=0.1)
-    for _ in range(3):
+    for _ in range(4):
         measured.observe(1, drafted=True, seconds=0.2, predicted=0.5, accepted=0)  # drafts all rejected
     assert measured.ratio(1) == pytest.approx(0.5)
-    for _ in range(12):
-        measured.observe(1, drafted=True, seconds=0.1, predicted=0.5, accepted=0.5)  # then accepted
-    assert measured.ratio(1) == pytest.approx(1.5, rel=1e-3)
+    for _ in range(12):  # then accepted, and drafted steps as fast as the undrafted one
+        measured.observe(1, drafted=True, seconds=0.1, predicted=0.5, accepted=0.5)
+    assert measured.ratio(1) == pytest.approx(1.5 / 2.0, rel=1e-3)  # the seconds: not until compared again
+    for _ in range(4):
+        measured.observe(1, drafted=False, seconds=0.1)
+        for _ in range(4):
+            measured.observe(1, drafted=True, seconds=0.1, predicted=0.5, accepted=0.5)
+    assert measured.ratio(1) == pytest.approx(1.5, rel=0.02)
+
+
+def test_measured_seconds_are_compared_with_their_neighbours():
+    """The machine slows down twofold over 800 steps while echo drafts, one undrafted step in
+    16: compared with its neighbours, each undrafted step gives the ratio of the two choices'
+    seconds as it is (a mean of the undrafted steps would be as old as they are); a change
+    of one choice alone shows once the other one is taken again."""
+    measured = MeasuredGoodput(min_steps=4, decay=0.9, request_decay=0.99)
+    for step in range(800):
+        slower = 1.0 + step / 800
+        if step % 16 == 0:
+            measured.observe(1, drafted=False, seconds=0.10 * slower)
+        else:
+            measured.observe(1, drafted=True, seconds=0.12 * slower, predicted=0.5, accepted=0.3)
+    assert measured.ratio(1) == pytest.approx(1.3 / 1.2, rel=0.01)
+    for _ in range(15):
+        measured.observe(1, drafted=True, seconds=0.24, predicted=0.5, accepted=0.3)  # drafting turns dear
+    assert measured.ratio(1) > 1.0
+    for _ in range(8):
+        measured.observe(1, drafted=False, seconds=0.2)
+        for _ in range(15):
+            measured.observe(1, drafted=True, seconds=0.48, predicted=0.5, accepted=0.3)
+    assert measured.ratio(1) < 0.8
 
 
 def test_measured_acceptance_settles_by_requests_and_seconds_by_steps():
     """At batch 1 a drafted step accepts 0 or 1 drafts as one request's luck has it: a run of
-    misses must not turn the choice, while a slower pass shows within a few steps. At batch 64
+    misses must not turn the choice, while a slower pass shows within a few dozen steps. At batch 64
     one step is 64 draws: the acceptance follows the latest steps."""
     measured = MeasuredGoodput(min_steps=4, decay=0.9, request_decay=0.99)
     for step in range(300):
@@ -270,7 +300,8 @@ def test_measured_acceptance_settles_by_requests_and_seconds_by_steps():
     for _ in range(8):  # eight misses in a row (p = 0.06 at 30 % acceptance)
         measured.observe(1, drafted=True, seconds=0.110, predicted=0.5, accepted=0)
     assert measured.ratio(1) > 1.1
-    for _ in range(10):  # drafted steps turn slower
+    for _ in range(16):  # drafted steps turn slower
+        measured.observe(1, drafted=False, seconds=0.100)
         measured.observe(1, drafted=True, seconds=0.150, predicted=0.5, accepted=0)
     assert measured.ratio(1) < 1.0
     for _ in range(8):
