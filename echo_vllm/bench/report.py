@@ -202,7 +202,9 @@ def markdown(results: dict, meta: dict) -> str:
         out += ["## Serving latency (ms)", "", serving_note(results), "", *serving_latency_table(results), ""]
     out += ["MAT: tokens committed per request per verification step, bonus token included. util: accepted / "
             "verified draft tokens. no speculation: the median of every plain run beside the methods; plain "
-            "beside: the median of the plain runs taken in turn with that method, its x plain's denominator. "
+            "beside: the median of the plain runs taken in turn with that method. x plain: the median over "
+            "runs of each run's tokens/s over the plain run taken just before it (results measured before "
+            "2026-12-07 evening: the method's median over plain beside). "
             "vs best eagle3 / vs static: x plain over theirs at the same batch size.", ""]
     return "\n".join(out)
 
