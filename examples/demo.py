@@ -3,7 +3,8 @@
 Run after scripts/setup.sh (which prepares the model):  .venv/bin/python examples/demo.py
 
 Both engines stay alive and take turns (plain, echo, plain, echo, ...) so that drift on a
-shared machine hits both alike; the medians of the repetitions are compared. Two engines at
+shared machine hits both alike; each echo run is compared with the plain run just before it,
+and the median of those ratios is reported. Two engines at
 once: each holds the float32 model (0.5 GiB) and a 1 GiB KV cache (ENGINE below), sized for a
 2-core, 24 GiB machine. Greedy outputs
 must be identical: speculation never changes what the target would have written.
@@ -22,6 +23,7 @@ from pathlib import Path  # noqa: E402
 
 from echo_vllm.assets.models import prepare_model  # noqa: E402
 from echo_vllm.assets.prompts import load_prompts  # noqa: E402
+from echo_vllm.bench.offline import paired_ratio  # noqa: E402
 from echo_vllm.device import tool_dtype  # noqa: E402
 
 # the EAGLE-3 head trained for SmolLM2 by `echo-vllm train-draft` (see its README.md)
@@ -76,7 +78,7 @@ def main() -> None:
     for name, values in rates.items():
         print(f"  {name:5s} median {statistics.median(values):6.1f} tokens/s "
               f"(min {min(values):.1f}, max {max(values):.1f})")
-    print(f"  echo / plain: {statistics.median(rates['echo']) / statistics.median(rates['plain']):.2f}x")
+    print(f"  echo / plain: {paired_ratio(rates['echo'], rates['plain']):.2f}x (each run over the plain run before it)")
     print(f"  mean accepted tokens per step (bonus included): {1 + accepted / max(drafts, 1):.2f}")
     print(f"  greedy outputs identical: {outputs['plain'] == outputs['echo']}")
     if outputs["plain"] != outputs["echo"]:
