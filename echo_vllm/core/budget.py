@@ -404,16 +404,16 @@ class MeasuredGoodput:
             run = self.runs[batch_class] = _Run(drafted, deque(maxlen=self.span))
         elif run.drafted != drafted:
             run.previous = sum(run.recent) / len(run.recent)
-            run.drafted, run.length = drafted, 0
+            run.drafted = drafted
             run.recent.clear()
-        if run.previous is not None and run.length < self.span and run.previous > 0.0 and seconds > 0.0:
+        # one of the run's first `span` steps (`recent` holds at most `span`)
+        if run.previous is not None and len(run.recent) < self.span and run.previous > 0.0 and seconds > 0.0:
             log_ratio = math.log(seconds / run.previous) * (1.0 if drafted else -1.0)
             weight, total = self.pairs.get(batch_class, (0.0, 0.0))
             weight_decay = self.decay ** (1.0 / self.span)
             self.pairs[batch_class] = [weight_decay * weight + 1.0 / self.span,
                                        weight_decay * total + log_ratio / self.span]
         run.recent.append(seconds)
-        run.length += 1
         run.last_step = self.step
 
     def set_batch(self, req_ids: list[str]) -> None:
@@ -484,7 +484,6 @@ class _Run:
 
     drafted: bool
     recent: deque  # seconds of its last `span` steps
-    length: int = 0  # its steps so far
     previous: float | None = None  # mean seconds of the other choice's last steps before this run
     last_step: int = 0  # MeasuredGoodput.step at its latest step
 
