@@ -152,6 +152,9 @@ def _soak(args: argparse.Namespace) -> None:
     if config.get("method") == "echo":  # a bad echo config is refused here, before any server starts
         parse_echo_config(config)
     # vLLM's own methods (e.g. eagle3) run the same soak for comparison; vLLM checks their config
+    if args.requests < 10:
+        raise ValueError(f"echo-vllm soak: --requests must be at least 10 (memory is sampled as each tenth "
+                         f"completes), got {args.requests}")
     if not 0.0 <= args.cancel_share <= 1.0:
         raise ValueError(f"echo-vllm soak: --cancel-share must be in [0, 1], got {args.cancel_share}")
     report = soak(_target_dir(args.target), config, args.out, args.requests, args.clients, args.cancel_share,
@@ -346,7 +349,7 @@ def _add_soak(commands) -> None:
     soak.add_argument("--speculative-config", required=True,
                       help='the JSON given to vllm serve, e.g. \'{"method": "echo", "model": "HEAD"}\' '
                       '(one of vLLM\'s own methods, e.g. eagle3, runs the same soak for comparison)')
-    soak.add_argument("--requests", type=_positive, default=500, help="requests sent in all")
+    soak.add_argument("--requests", type=_positive, default=500, help="requests sent in all (at least 10)")
     soak.add_argument("--clients", type=_positive, default=32, help="concurrent clients")
     soak.add_argument("--cancel-share", type=float, default=0.2, help="requests closed mid-stream")
     soak.add_argument("--max-model-len", type=_positive, default=1024,

@@ -130,8 +130,11 @@ async def _one(client, model: str, request: SoakRequest) -> Outcome:
     return outcome
 
 
-async def _run(url: str, model: str, requests: list[SoakRequest], clients: int, bar) -> dict[int, Outcome]:
-    """The requests through `clients` concurrent clients; outcomes by request index."""
+async def _run(url: str, model: str, requests: list[SoakRequest], clients: int, bar,
+               after_each_tenth=None) -> dict[int, Outcome]:
+    """The requests through `clients` concurrent clients, every client busy until the queue is
+    empty; outcomes by request index. `after_each_tenth()` runs as each tenth of the requests
+    completes (the run does not pause for it, so the load stays at `clients` throughout)."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", timeout=600, max_retries=0)
@@ -139,12 +142,15 @@ async def _run(url: str, model: str, requests: list[SoakRequest], clients: int, 
     for request in requests:
         queue.put_nowait(request)
     outcomes: dict[int, Outcome] = {}
+    tenth_ends = {len(requests) * i // 10 for i in range(1, 11)}
 
     async def worker():
         while not queue.empty():
             request = queue.get_nowait()
             outcomes[request.index] = await _one(client, model, request)
             bar.update(1)
+            if after_each_tenth is not None and len(outcomes) in tenth_ends:
+                after_each_tenth()
 
     await asyncio.gather(*(worker() for _ in range(clients)))
     await client.close()
@@ -227,18 +233,18 @@ def soak(target: str, speculative_config: dict, out: str, num_requests: int = 50
 
 def _run_echo(target: str, speculative_config: dict, requests: list[SoakRequest], clients: int, out_dir: Path,
               max_model_len: int, kv_cache_memory_bytes: int) -> EchoRun:
-    """Every request against the echo server; memory is sampled after every tenth of them (the
-    first tenth is the warm-up, and the check compares the end with the half)."""
-    phases = [requests[len(requests) * i // 10:len(requests) * (i + 1) // 10] for i in range(10)]
+    """Every request against the echo server; memory is sampled as each tenth of them completes
+    (the first tenth is the warm-up, and the check compares the end with the half)."""
     started = time.monotonic()
     rss: list[dict[str, int]] = []
+
+    def sample_memory():
+        rss.append(server.rss_by_process() if server.process.poll() is None else {})
+
     with vllm_server(target, ["--speculative-config", json.dumps(speculative_config)], out_dir / "echo_server.log",
                      max_model_len, kv_cache_memory_bytes) as server:
-        outcomes: dict[int, Outcome] = {}
         with PeakMemory(server) as peak, tqdm(total=len(requests), desc="soak (echo)", unit="req") as bar:
-            for phase in phases:
-                outcomes.update(asyncio.run(_run(server.url, target, phase, clients, bar)))
-                rss.append(server.rss_by_process() if server.process.poll() is None else {})
+            outcomes = asyncio.run(_run(server.url, target, requests, clients, bar, sample_memory))
         alive = server.healthy()
         metrics = metric_totals(server.url, ("vllm:num_preemptions", "vllm:spec_decode_num", "echo_")) if alive else {}
         crash_lines = [line for line in server.log_tail(200_000).splitlines()

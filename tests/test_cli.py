@@ -24,3 +24,10 @@ def test_every_option_has_help_and_shows_its_default(name):
 
 def test_an_option_without_a_default_shows_none():
     assert "(default: None)" not in subcommand("calibrate").format_help()
+
+
+def test_a_soak_of_fewer_than_ten_requests_is_refused_before_any_server_starts(capsys):
+    from echo_vllm.cli import main
+
+    assert main(["soak", "--speculative-config", "{}", "--requests", "9"]) == 1
+    assert "--requests must be at least 10" in capsys.readouterr().err

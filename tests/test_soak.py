@@ -1,5 +1,8 @@
-"""The soak's request mix (drawn without a server)."""
+"""The soak's request mix and its clients (without a server)."""
 
+import asyncio
+
+import echo_vllm.soak as soak_module
 from echo_vllm.soak import MIN_CANCELLED_TOKENS, Outcome, make_requests, problems
 
 TEXTS = ["Tell me a story.", "def f(x):", "What is 2 + 2?"]
@@ -42,3 +45,27 @@ def test_problems_name_what_failed():
     found = problems(report)
     assert len(found) == 4
     assert "2 greedy answers differ" in found[2] and "1000 -> 1100 MiB" in found[3]
+
+
+def test_every_client_stays_busy_and_memory_is_sampled_as_each_tenth_completes(monkeypatch):
+    running, most_running, samples = 0, 0, []
+
+    async def fake_one(client, model, request):
+        nonlocal running, most_running
+        running += 1
+        most_running = max(most_running, running)
+        await asyncio.sleep(0.001 * (request.index % 7))
+        running -= 1
+        return Outcome(texts={0: str(request.index)}, finish_reasons={0: "stop"})
+
+    class Bar:
+        def update(self, n):
+            pass
+
+    monkeypatch.setattr(soak_module, "_one", fake_one)
+    requests = make_requests(40, TEXTS, POOL, max_model_len=1024, cancel_share=0.2, seed=1)
+    outcomes = asyncio.run(soak_module._run("http://127.0.0.1:1", "m", requests, 12, Bar(),
+                                            lambda: samples.append(running)))
+    assert sorted(outcomes) == list(range(40))
+    assert most_running == 12  # no pause between tenths: the load stays at the clients asked for
+    assert len(samples) == 10 and max(samples) > 0  # sampled while others still run
