@@ -95,6 +95,22 @@ class PendingTree:
     calibration: tuple[list[list[float]], list[int]] | None = None
 
 
+def predicted_by_depth(parent_idx: list[int], values: list[float]) -> list[float]:
+    """A tree's node values (path probabilities) summed by depth 1, 2, ...; parents come
+    before their children, node 0 is the root (parent -1, depth 0, value 0).
+
+    Worked example: parents [-1, 0, 0, 1], values [0, .6, .2, .3] -> [.8, .3].
+    """
+    depth = [0] * len(parent_idx)
+    sums: list[float] = []
+    for node in range(1, len(parent_idx)):
+        depth[node] = depth[parent_idx[node]] + 1
+        if depth[node] > len(sums):
+            sums.append(0.0)
+        sums[depth[node] - 1] += values[node]
+    return sums
+
+
 class EchoRunnerMixin:
     """Put echo's proposer and tree verification into vLLM's V1 runner."""
 
@@ -341,13 +357,15 @@ class EchoRunnerMixin:
 
     def _observe_acceptance(self, step: TreeStep, verdicts: list[Verdict]) -> None:
         """How many verified draft tokens the target accepted, against how many the draft's
-        path probabilities predicted (trees echo drafted, as far as they were scheduled)."""
+        path probabilities predicted at each depth (trees echo drafted, as far as they were
+        scheduled)."""
         verified = {}
         for row, num_nodes in zip(step.rows, step.num_nodes.tolist()):
             req_id = self.input_batch.req_ids[row]
             pending = self._echo_trees.get(req_id)
             if pending is not None and pending.values is not None:
-                verified[req_id] = (sum(pending.values[:num_nodes]), len(verdicts[row].accepted_nodes))
+                verified[req_id] = (predicted_by_depth(pending.parent_idx[:num_nodes], pending.values[:num_nodes]),
+                                    len(verdicts[row].accepted_nodes))
         self.echo_policy.observe_acceptance(verified)
 
     def _count_verified(self, trees: int, drafts: int, accepted: int) -> None:

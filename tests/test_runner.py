@@ -1,6 +1,6 @@
 """The runner times target passes and hands the batch policy one clock, which waits for a CUDA
 device before reading the time and is the plain clock on CPU (no vLLM runner built: the mixin
-sits over a stand-in base)."""
+sits over a stand-in base); a verified tree's predicted drafts by depth."""
 
 import time
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from echo_vllm.config import parse_echo_config
-from echo_vllm.runner import EchoRunnerMixin
+from echo_vllm.runner import EchoRunnerMixin, predicted_by_depth
 
 
 class StandInRunner:
@@ -37,3 +37,9 @@ def test_on_cuda_every_timing_waits_for_the_device(echo_config, monkeypatch):
     assert runner.echo_policy.clock is runner._echo_clock
     runner.echo_policy.clock()
     assert synchronized == [torch.device("cuda", 0)]
+
+
+def test_a_trees_path_probabilities_are_summed_by_depth():
+    # root; two depth-1 nodes; a depth-2 child of the first; a depth-3 child of that
+    assert predicted_by_depth([-1, 0, 0, 1, 3], [0.0, 0.6, 0.2, 0.3, 0.1]) == pytest.approx([0.8, 0.3, 0.1])
+    assert predicted_by_depth([-1], [0.0]) == []

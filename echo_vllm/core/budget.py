@@ -19,7 +19,7 @@ acceptance per request of recent drafted steps (`AcceptanceCurve`), the target c
 the drafting time and the rest of a step's time (scheduling, input preparation: `LinearCost`
 fits, online) give the best goodput with speculation, against the goodput of a plain step.
 That model rests on estimates (passes timed at start-up, the draft's own probabilities scaled
-by what was accepted); what a step really costs also depends on what the model cannot see
+by what was accepted at their depth); what a step really costs also depends on what the model cannot see
 (other processes sharing the cores, the engine's own work between passes). So echo also
 measures what each choice gave (`MeasuredGoodput`: committed tokens per second of drafted and
 of undrafted steps, by batch size) and, once both choices are measured at a batch size, the
@@ -218,41 +218,59 @@ class AcceptanceCurve:
     """Expected accepted draft tokens per request, against draft tokens verified per request,
     when a step's budget is spent in allocation order: an EMA over the drafted steps.
 
-    Each drafted step contributes its cumulative node values (the draft's path probabilities,
-    in the order the budget buys them) divided by its number of requests, on a grid of 1/8
-    draft token per request. Normalised per request, steps of any batch size combine, and the
-    curve predicts a step at another batch size B: gains(G) = B * curve(G / B).
+    Each drafted step contributes its cumulative node values (the draft's path probabilities
+    as calibrated, in the order the budget buys them) divided by its number of requests, on a
+    grid of 1/8 draft token per request. Normalised per request, steps of any batch size
+    combine, and the curve predicts a step at another batch size B: gains(G) = B * curve(G / B).
 
     The draft's probabilities are its own belief; on live traffic it may be over- or
-    under-confident. `scale` (accepted / predicted over recent verified trees) corrects them.
+    under-confident, and not alike at every depth: a deeper node's probability compounds the
+    draft's errors along its path, and from depth 2 on the head reads its own hidden states
+    instead of the target's. `calibrated` scales each node by its depth's accepted / predicted
+    drafts over recent verified trees, so that a deep node is bought for what deep nodes are
+    accepted, not for what shallow ones are (one scale for all would let the many depth-1
+    nodes set the price of the few deep ones).
     """
 
     GRID_PER_TOKEN = 8
 
-    def __init__(self, max_drafts_per_request: int, weight: float = 0.1):
+    def __init__(self, max_drafts_per_request: int, max_depth: int = 1, weight: float = 0.1):
         self.grid = torch.arange(max_drafts_per_request * self.GRID_PER_TOKEN + 1, dtype=torch.float64) / self.GRID_PER_TOKEN
         self.gains_per_request: torch.Tensor | None = None  # [grid], None until a step is observed
         self.weight = weight
-        self.verified = torch.zeros(2, dtype=torch.float64)  # decayed sums: predicted, accepted
+        # decayed sums per draft depth 1..max_depth: predicted, accepted drafts
+        self.verified = torch.zeros(max_depth, 2, dtype=torch.float64)
 
-    # Predicted and accepted tokens assumed before any verification (as if the draft were
-    # calibrated): a few early rejections must not drive the scale to 0, after which echo
-    # would never draft again and never see otherwise.
+    # Predicted and accepted tokens assumed at each depth before any verification (as if the
+    # draft were calibrated): a few early rejections must not drive a scale to 0, after which
+    # echo would never buy that depth again and never see otherwise. A depth no longer bought
+    # decays back toward this prior (`observe_verified` decays every depth), so it is bought
+    # and measured again.
     PRIOR_TOKENS = 4.0
 
     @property
-    def scale(self) -> float:
-        """Accepted draft tokens per token the draft's probabilities predicted."""
-        predicted, accepted = self.verified.tolist()
+    def scales(self) -> torch.Tensor:
+        """[max_depth] accepted draft tokens per token the draft's probabilities predicted, by depth."""
+        predicted, accepted = self.verified.unbind(1)
         return (accepted + self.PRIOR_TOKENS) / (predicted + self.PRIOR_TOKENS)
 
-    def observe_verified(self, predicted: float, accepted: int, decay: float = 0.98) -> None:
-        """One verification step: the summed path probabilities of the verified draft nodes
-        and how many of them the target accepted."""
-        self.verified = decay * self.verified + torch.tensor([predicted, accepted], dtype=torch.float64)
+    def calibrated(self, node_values: torch.Tensor, node_depths: torch.Tensor) -> torch.Tensor:
+        """Node values [M] (path probabilities) scaled by their depth's [M] accepted share."""
+        rows = (node_depths.cpu().long() - 1).clamp(0, len(self.verified) - 1)
+        return node_values.to(torch.float64).cpu() * self.scales[rows]
+
+    def observe_verified(self, predicted: list[float], accepted: list[int], decay: float = 0.98) -> None:
+        """One verification step, by draft depth 1, 2, ...: the summed path probabilities of
+        the verified draft nodes and how many of them the target accepted (a request whose
+        target accepted a drafts accepted one node at each depth 1..a)."""
+        step = torch.zeros_like(self.verified)
+        depths = min(len(predicted), len(self.verified))
+        step[:depths, 0] = torch.tensor(predicted[:depths], dtype=torch.float64)
+        step[:depths, 1] = torch.tensor(accepted[:depths], dtype=torch.float64)
+        self.verified = decay * self.verified + step
 
     def observe(self, node_values: torch.Tensor, num_requests: int) -> None:
-        """One drafted step: node_values [L] in allocation order, for num_requests requests."""
+        """One drafted step: calibrated node_values [L] in allocation order, for num_requests requests."""
         cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), node_values.to(torch.float64).cpu().cumsum(0)])
         per_request = torch.arange(len(cumulative), dtype=torch.float64) / num_requests
         if len(cumulative) < 2:  # no node drafted: nothing to gain at any budget
@@ -268,7 +286,7 @@ class AcceptanceCurve:
         """Expected accepted draft tokens of a step of num_requests requests, per budget."""
         assert self.gains_per_request is not None, "no drafted step observed yet"
         per_request = (budgets.to(torch.float64) / num_requests).clamp(max=float(self.grid[-1]))
-        return self.scale * num_requests * piecewise_linear(per_request, self.grid, self.gains_per_request)
+        return num_requests * piecewise_linear(per_request, self.grid, self.gains_per_request)
 
 
 class LinearCost:

@@ -102,7 +102,7 @@ class BatchPolicy:
         # processing (the time between two drafting calls, less the drafting and the target
         # pass between them).
         self.step_overhead = LinearCost()
-        self.acceptance_curve = AcceptanceCurve(config.num_draft_tokens - 1)
+        self.acceptance_curve = AcceptanceCurve(config.num_draft_tokens - 1, config.steps)
         self.last_pass_seconds: float | None = None
         self.last_budget: int | None = None
         # what drafted and undrafted steps really gave, and the steps that take the choice
@@ -189,11 +189,12 @@ class BatchPolicy:
         allocation order (the auto budget's inputs; None for a fixed budget)."""
         budget = self.config.budget
         if budget == "auto":
-            self.acceptance_curve.observe(node_values, batch)
+            values = self.acceptance_curve.calibrated(node_values, node_depths)
+            self.acceptance_curve.observe(values, batch)
             self.counters.num_drafted_steps += 1
             # no cost model yet (start-up passes): every node the caps allow
             budget = None if self.cost_model is None else goodput_budget(
-                node_values * self.acceptance_curve.scale, batch, self.cost_model,
+                values, batch, self.cost_model,
                 self.drafting_seconds(batch, node_depths) + self.step_seconds_besides_drafting(batch))
             if budget is not None and plan.exploring:
                 budget = max(budget, batch)  # measure at least one draft per request
@@ -220,13 +221,16 @@ class BatchPolicy:
             self.cost_model.observe(tokens, seconds)
             self.last_pass_seconds = seconds
 
-    def observe_acceptance(self, verified: dict[str, tuple[float, int]]) -> None:
+    def observe_acceptance(self, verified: dict[str, tuple[list[float], int]]) -> None:
         """One verification of trees echo drafted: per request, the summed path probabilities
-        of its verified draft nodes and how many of those the target accepted."""
-        predicted = sum(p for p, _ in verified.values())
+        of its verified draft nodes by depth (1, 2, ...) and how many drafts the target accepted."""
+        depths = self.config.steps
+        predicted_by_depth = [sum(p[d] for p, _ in verified.values() if d < len(p)) for d in range(depths)]
+        accepted_by_depth = [sum(a > d for _, a in verified.values()) for d in range(depths)]
+        self.acceptance_curve.observe_verified(predicted_by_depth, accepted_by_depth)
+        self.measured_goodput.observe_requests({req_id: (sum(p), a) for req_id, (p, a) in verified.items()})
+        predicted = sum(sum(p) for p, _ in verified.values())
         accepted = sum(a for _, a in verified.values())
-        self.acceptance_curve.observe_verified(predicted, accepted)
-        self.measured_goodput.observe_requests(verified)
         self._verified_since_decision = (self._verified_since_decision[0] + predicted,
                                          self._verified_since_decision[1] + accepted)
 
@@ -302,7 +306,8 @@ class BatchPolicy:
             "budget": self.config.budget,
             "acceptance_curve": None if curve.gains_per_request is None else {
                 "drafts_per_request": curve.grid.tolist(),
-                "accepted_per_request": (curve.scale * curve.gains_per_request).tolist()},
+                "accepted_per_request": curve.gains_per_request.tolist()},
+            "accepted_per_predicted_by_depth": curve.scales.tolist(),
             "cost_model": None if self.cost_model is None else self.cost_model.to_dict(),
         }
 

@@ -203,16 +203,34 @@ def test_speculation_stops_paying_as_load_makes_verification_compute_bound():
     assert not speculation_pays(64, curve, cost, draft(64))
 
 
-def test_acceptance_curve_scales_the_drafts_belief_to_what_the_target_accepts():
-    curve = AcceptanceCurve(max_drafts_per_request=1)
-    curve.observe(torch.tensor([0.6, 0.6]), num_requests=2)
-    assert curve.scale == 1.0
-    curve.observe_verified(predicted=1.2, accepted=0)
-    assert curve.scale > 0.7  # the prior: one rejected step does not zero it
+def test_acceptance_curve_scales_the_drafts_belief_to_what_the_target_accepts_at_each_depth():
+    curve = AcceptanceCurve(max_drafts_per_request=2, max_depth=2)
+    values, depths = torch.tensor([0.6, 0.5]), torch.tensor([1, 2])
+    assert torch.equal(curve.scales, torch.ones(2, dtype=torch.float64))
+    curve.observe_verified(predicted=[0.6, 0.5], accepted=[0, 0])
+    assert (curve.scales > 0.85).all()  # the prior: one rejected step does not zero a depth
     for _ in range(2000):
-        curve.observe_verified(predicted=12, accepted=10)  # overconfident by 1.2x
-    assert abs(curve.scale - 1 / 1.2) < 2e-3
-    assert torch.allclose(curve.gains(2, torch.tensor([2])), torch.tensor([1.0], dtype=torch.float64), atol=2e-3)
+        # the draft is right about depth 1 and overconfident by 2x at depth 2: a request
+        # whose target accepted 2 drafts accepted one node at depth 1 and one at depth 2
+        curve.observe_verified(predicted=[6.0, 5.0], accepted=[6, 2.5])
+    assert torch.allclose(curve.scales, torch.tensor([1.0, 0.5], dtype=torch.float64), atol=1e-2)
+    assert torch.allclose(curve.calibrated(values, depths), torch.tensor([0.6, 0.25], dtype=torch.float64), atol=1e-2)
+    # a depth no longer verified drifts back to the prior, so it is bought and measured again
+    for _ in range(400):
+        curve.observe_verified(predicted=[6.0], accepted=[6])
+    assert curve.scales[1] > 0.95
+
+
+def test_a_second_draft_the_draft_overrates_is_not_bought_once_its_depth_is_measured():
+    # batch 1; passes of 1, 2, 3 tokens cost 50, 53, 60 ms; a drafted step's other work 20 ms
+    cost = CostModel([1, 2, 3], [0.050, 0.053, 0.060])
+    values, depths = torch.tensor([0.7, 0.25]), torch.tensor([1, 2])
+    curve = AcceptanceCurve(max_drafts_per_request=2, max_depth=2)
+    # as the draft believes: the second draft's 0.25 tokens are worth its 7 ms
+    assert goodput_budget(curve.calibrated(values, depths), 1, cost, 0.020) == 2
+    for _ in range(200):  # verified: depth 1 as believed, depth 2 accepted half as often
+        curve.observe_verified(predicted=[0.7, 0.45], accepted=[0.7, 0.225])
+    assert goodput_budget(curve.calibrated(values, depths), 1, cost, 0.020) == 1
 
 
 def test_exploration_waits_long_enough_to_keep_its_cost_share():

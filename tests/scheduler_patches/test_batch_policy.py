@@ -47,7 +47,7 @@ def run_step(policy, clock, batch, draft_s, accepted_per_request, pass_s=0.010):
     clock.now += pass_s
     policy.observe_pass(batch * (5 if plan.draft else 1), pass_s)
     if plan.draft:
-        policy.observe_acceptance({req_id: (0.5, accepted_per_request) for req_id in req_ids})
+        policy.observe_acceptance({req_id: ([0.5], accepted_per_request) for req_id in req_ids})
     return plan
 
 
