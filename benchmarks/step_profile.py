@@ -12,7 +12,11 @@ own clock, per engine step (one `execute_model` call), median over the runs:
   sampling, rest   the rest of sample_tokens (sampling, rejection or tree verification)
   wall             the run's wall time per step (the scheduler, output processing, IPC too)
 
-    .venv/bin/python benchmarks/step_profile.py [--batch-sizes 1 8] [--repetitions 3]
+With --undrafted, two engines instead: no speculation with synchronous scheduling (as echo's
+engine schedules) and echo's engine with its step decision replaced by "never draft": what
+echo's engine costs on a step it does not draft, part by part.
+
+    .venv/bin/python benchmarks/step_profile.py [--batch-sizes 1 8] [--repetitions 3] [--undrafted]
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--undrafted", action="store_true",
+                        help="no speculation (synchronous scheduling) against echo never drafting")
     parser.add_argument("--out", default="bench-out/step_profile.json")
     args = parser.parse_args()
 
@@ -96,9 +102,17 @@ def main() -> None:
                       "throughput", "mt_bench", 4, ",".join(map(str, args.batch_sizes)),
                       100, 128, args.repetitions, 0.5, 0.1, os.path.dirname(args.out) or ".")
     loads = workloads(plan)
-    configs = {"no speculation": None, **plan.method_configs()}
-    engines = {name: LLM(model=plan.target, **engine_options(plan, loads), speculative_config=config)
-               for name, config in configs.items()}
+    if args.undrafted:
+        engines = {"no speculation, synchronous": LLM(model=plan.target, **engine_options(plan, loads),
+                                                      async_scheduling=False),
+                   "echo, never drafting": LLM(model=plan.target, **engine_options(plan, loads),
+                                               speculative_config=plan.method_configs()["echo"])}
+        engines["echo, never drafting"].collective_rpc(
+            lambda worker: setattr(worker.model_runner.echo_policy, "forced_choice", False))
+    else:
+        configs = {"no speculation": None, **plan.method_configs()}
+        engines = {name: LLM(model=plan.target, **engine_options(plan, loads), speculative_config=config)
+                   for name, config in configs.items()}
     for llm in engines.values():
         llm.collective_rpc(install_timers)
     sampling = SamplingParams(temperature=0.0, max_tokens=plan.max_tokens, ignore_eos=True)
