@@ -261,7 +261,10 @@ class EchoProposer(EagleProposer):
             growing = growing.select((caps > 0).nonzero().flatten().to(device))
         caps = caps.to(device)
         statistics = []  # per depth [B, S], when recording (the gate is off then)
+        grown, growth_started = 0, None
         for depth in range(1, plan.depths):
+            if growth_started is None:
+                growth_started = self.policy.clock()
             if plan.recording:
                 statistics.append(torch.stack([gate_statistic(growing.frontier.scores, s) for s in STATISTICS], -1))
             if growing.rows.numel() == 0:
@@ -275,6 +278,9 @@ class EchoProposer(EagleProposer):
                 growing = replace(growing, prefix=self._draft_prefix(block_table, growing.first_positions,
                                                                      cad.max_seq_len))
             growing, pool = self._grow(growing, pool, depth, topk)
+            grown += 1
+        if grown:  # what growing past depth 1 cost (the budget's drafting cost by depth)
+            self.policy.grew(grown, self.policy.clock() - growth_started)
         # A head that outputs NaN (a corrupt or diverged checkpoint) must not steer the budget,
         # the gate or the acceptance curve: such a request verifies no draft this step.
         broken = pool.scores.isnan().any(dim=1) | pool.scores.isposinf().any(dim=1)

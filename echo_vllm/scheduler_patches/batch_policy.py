@@ -94,10 +94,14 @@ class BatchPolicy:
         self.draft_cost = LinearCost()
         # Drafting seconds against the depths drafted, per batch-size class: what one more
         # depth costs, which the budget weighs against what that depth's nodes are expected
-        # to add (elastic depth then drafts only depths that pay). Its slope comes from the
-        # probe steps, which draft a depth deeper (and a node wider: on the devices measured,
-        # a wider frontier costs little beside a deeper one).
+        # to add (elastic depth then drafts only depths that pay). Every drafted step gives
+        # two points: its whole drafting at the depth it reached, and the same less the time
+        # it spent growing past depth 1 (`grew`) at depth 1. So the slope is measured at
+        # whatever depth echo drafts: were it fit to whole steps alone, a budget that always
+        # drafts as deep would never see what a shallower step saves, and would go on buying
+        # the deep nodes that keep it deep.
         self.draft_depth_costs: dict[int, LinearCost] = {}
+        self._grown = (0, 0.0)  # the current step's depths grown past depth 1, and their seconds
         # The rest of a step's time, by batch size: scheduling, input preparation, output
         # processing (the time between two drafting calls, less the drafting and the target
         # pass between them).
@@ -168,16 +172,25 @@ class BatchPolicy:
         depths, width = self._shape_to_draft()
         return StepPlan(draft, depths, width, self.gate, self.recording, self.spends_budget(), exploring)
 
+    def grew(self, depths: int, seconds: float) -> None:
+        """The step's drafting grew `depths` depths past depth 1 in `seconds` (its clock)."""
+        self._grown = (depths, seconds)
+
     def drafted(self, plan: StepPlan, req_ids: list[str]) -> None:
         """The step's drafting is done (its drafts reached the host)."""
         now = self.clock()
+        grown, growing_seconds = self._grown
+        self._grown = (0, 0.0)
         if plan.draft:
             drafting = now - self._called
             self.draft_cost.observe(len(req_ids), drafting)
             batch_class = len(req_ids).bit_length()
             if batch_class not in self.draft_depth_costs:  # not setdefault: that would build one every step
                 self.draft_depth_costs[batch_class] = LinearCost()
-            self.draft_depth_costs[batch_class].observe(plan.depths, drafting)
+            depth_costs = self.draft_depth_costs[batch_class]
+            depth_costs.observe(1 + grown, drafting)
+            if grown:
+                depth_costs.observe(1, drafting - growing_seconds)
         else:
             self.counters.num_undrafted_steps += 1
         self._last_call = _DraftingCall(self._called, now - self._called, frozenset(req_ids), plan.draft)

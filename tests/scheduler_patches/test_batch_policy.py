@@ -128,15 +128,17 @@ def test_exploring_buys_at_least_one_draft_per_request():
 def test_a_deeper_node_pays_for_its_depths_drafting():
     policy, clock = make_policy({**ECHO_AUTO, "topk": 1, "num_draft_tokens": 4})
     policy.cost_model = CostModel([1, 64], [0.010, 0.010])  # verifying more tokens is free
-    for depths in (1, 2, 3) * 3:  # drafting takes 2 ms a depth
-        plan = dataclasses.replace(policy.decide(["a"]), depths=depths)
-        clock.now += 0.002 * depths
+    for _ in range(9):  # every step drafts 3 deep; drafting takes 2 ms a depth
+        plan = dataclasses.replace(policy.decide(["a"]), depths=3)
+        clock.now += 0.002
+        policy.grew(2, 0.004)  # the drafter grew depths 2 and 3 in 4 ms
+        clock.now += 0.004
         policy.drafted(plan, ["a"])
         clock.now += 0.010
     plan = policy.decide(["a"])
     depths = torch.tensor([1, 2, 3])
     # goodput by budget: 1 / .012, 1.9 / .012, 2.4 / .014 = 171, 2.45 / .016 = 153: depth 3 does
-    # not pay for its drafting although verifying it is free
+    # not pay for its drafting although verifying it is free, though no step drafted shallower
     assert policy.budget(plan, torch.tensor([0.9, 0.5, 0.05]), depths, 1) == 2
     assert policy.budget(plan, torch.tensor([0.9, 0.5, 0.4]), depths, 1) == 3  # 2.8 / .016 = 175
 
