@@ -261,10 +261,8 @@ class EchoProposer(EagleProposer):
             growing = growing.select((caps > 0).nonzero().flatten().to(device))
         caps = caps.to(device)
         statistics = []  # per depth [B, S], when recording (the gate is off then)
-        grown, growth_started = 0, None
+        grown, growth_started = 0, self.policy.clock() if plan.depths > 1 else None
         for depth in range(1, plan.depths):
-            if growth_started is None:
-                growth_started = self.policy.clock()
             if plan.recording:
                 statistics.append(torch.stack([gate_statistic(growing.frontier.scores, s) for s in STATISTICS], -1))
             if growing.rows.numel() == 0:
@@ -281,11 +279,7 @@ class EchoProposer(EagleProposer):
             grown += 1
         if grown:  # what growing past depth 1 cost (the budget's drafting cost by depth)
             self.policy.grew(grown, self.policy.clock() - growth_started)
-        # A head that outputs NaN (a corrupt or diverged checkpoint) must not steer the budget,
-        # the gate or the acceptance curve: such a request verifies no draft this step.
-        broken = pool.scores.isnan().any(dim=1) | pool.scores.isposinf().any(dim=1)
-        pool = replace(pool, scores=pool.scores.masked_fill(broken.unsqueeze(1), -math.inf))
-        caps = caps.masked_fill(broken, 0)
+        pool, caps, broken = _without_broken_scores(pool, caps)
         tree = self._select(plan, pool, root_tokens.long(), caps, depth_of[: pool.scores.shape[1]])
         node_values = None
         if self.policy.auto_budget():  # the acceptance scale compares them with what is accepted
@@ -400,6 +394,15 @@ class EchoProposer(EagleProposer):
         # vLLM's CPU rotary kernel reads positions as a dense array: no stride-0 views
         q, k = attn.rotary_emb(positions.contiguous(), q, k)
         return q, k.view(-1, attn.num_kv_heads, attn.head_dim), v.view(-1, attn.num_kv_heads, attn.head_dim), residual
+
+
+def _without_broken_scores(pool: Pool, caps: torch.Tensor) -> tuple[Pool, torch.Tensor, torch.Tensor]:
+    """A head that outputs NaN (a corrupt or diverged checkpoint) must not steer the budget,
+    the gate or the acceptance curve: such a request verifies no draft this step. Returns the
+    pool and caps without them, and which requests [B] were broken."""
+    broken = pool.scores.isnan().any(dim=1) | pool.scores.isposinf().any(dim=1)
+    pool = replace(pool, scores=pool.scores.masked_fill(broken.unsqueeze(1), -math.inf))
+    return pool, caps.masked_fill(broken, 0), broken
 
 
 @dataclass(frozen=True)
