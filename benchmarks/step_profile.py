@@ -1,6 +1,7 @@
 """Where a decoding step's time goes: no speculation, vLLM's eagle3 K=2 and echo, side by side.
 
-Three engines (the committed head; echo with its calibration and budget `auto`) take turns
+Three engines (the committed head; echo with its calibration and budget `auto`, or the budget
+--echo-budget gives; the chain's K from --eagle3-k) take turns
 (A B C A B C ...) on `echo-vllm bench`'s throughput workload. Inside each worker, timers wrap
 the model runner's methods and the drafter's, so every figure is wall time on the worker's
 own clock, per engine step (one `execute_model` call), median over the runs:
@@ -17,6 +18,7 @@ engine schedules) and echo's engine with its step decision replaced by "never dr
 echo's engine costs on a step it does not draft, part by part.
 
     .venv/bin/python benchmarks/step_profile.py [--batch-sizes 1 8] [--repetitions 3] [--undrafted]
+        [--eagle3-k 1] [--echo-budget 1]
 """
 
 from __future__ import annotations
@@ -93,24 +95,30 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--undrafted", action="store_true",
                         help="no speculation (synchronous scheduling) against echo never drafting")
+    parser.add_argument("--eagle3-k", default="2", help="the eagle3 chain's K")
+    parser.add_argument("--echo-budget", type=int, default=None,
+                        help="a fixed budget of drafts per step for echo (default: auto)")
     parser.add_argument("--out", default="bench-out/step_profile.json")
     args = parser.parse_args()
 
     from vllm import LLM, SamplingParams
 
-    plan = build_plan(str(model_dir("smollm2-135m")), HEAD, f"{HEAD}/calibration.json", "eagle3,echo", "2",
+    plan = build_plan(str(model_dir("smollm2-135m")), HEAD, f"{HEAD}/calibration.json", "eagle3,echo", args.eagle3_k,
                       "throughput", "mt_bench", 4, ",".join(map(str, args.batch_sizes)),
                       100, 128, args.repetitions, 0.5, 0.1, os.path.dirname(args.out) or ".")
     loads = workloads(plan)
+    echo_config = plan.method_configs()["echo"]
+    if args.echo_budget is not None:
+        echo_config = {**echo_config, "budget": args.echo_budget}
     if args.undrafted:
         engines = {"no speculation, synchronous": LLM(model=plan.target, **engine_options(plan, loads),
                                                       async_scheduling=False),
                    "echo, never drafting": LLM(model=plan.target, **engine_options(plan, loads),
-                                               speculative_config=plan.method_configs()["echo"])}
+                                               speculative_config=echo_config)}
         engines["echo, never drafting"].collective_rpc(
             lambda worker: setattr(worker.model_runner.echo_policy, "forced_choice", False))
     else:
-        configs = {"no speculation": None, **plan.method_configs()}
+        configs = {"no speculation": None, **plan.method_configs(), "echo": echo_config}
         engines = {name: LLM(model=plan.target, **engine_options(plan, loads), speculative_config=config)
                    for name, config in configs.items()}
     for llm in engines.values():
