@@ -233,7 +233,8 @@ def drafting_step(device: str, seed: int = 0) -> dict[str, torch.Tensor]:
         frontier, pool = expand_frontier(frontier, logprobs(batch, topk, topk), tokens(batch, topk, topk), pool)
         gates.append(gate_statistic(frontier.scores, "best_path"))
     depth_of = pool_depths(steps, topk, device)
-    tree = tree_from_chosen(pool, tokens(batch), best_nodes(pool.scores, torch.tensor([1, 4, 7, 12], device=device)))
+    tree = tree_from_chosen(pool, tokens(batch), best_nodes(pool.scores, torch.tensor([1, 4, 7, 12], device=device)),
+                            depth_of)
     on_paths = most_confident_paths(pool.scores, pool.parent_idx, depth_of)
     order = allocation_order(pool.scores, pool.parent_idx, depth_of, torch.full((batch,), 8, device=device), on_paths)
     return dict(pool_scores=pool.scores, pool_parents=pool.parent_idx, gates=torch.stack(gates),

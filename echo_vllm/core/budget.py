@@ -46,19 +46,20 @@ def most_confident_paths(pool_scores: torch.Tensor, parent_idx: torch.Tensor, po
     pool_depth [P]. Worked example (K=2): scores [-.1, -.9, -.5, -.2, -2, -3] at depths
     [1, 1, 2, 2, 2, 2], parents [-1, -1, 0, 0, 1, 1] -> best depth-2 node 3, path {0, 3}.
     """
-    batch = pool_scores.shape[0]
     drafted = torch.isfinite(pool_scores)
     deepest = torch.where(drafted, pool_depth, 0).max(dim=1, keepdim=True).values
     at_deepest = drafted & (pool_depth == deepest)
-    node = torch.where(at_deepest, pool_scores, -torch.inf).argmax(dim=1)  # [B]
-    path = torch.zeros_like(drafted)
-    rows = torch.arange(batch, device=pool_scores.device)
-    alive = drafted.any(dim=1)
+    node = torch.where(at_deepest, pool_scores, -torch.inf).argmax(dim=1, keepdim=True)  # [B, 1]
+    # walked up one depth at a time by gathers (no masked indexing: it would read each step's
+    # rows back to the host); a request without drafts, or past its depth-1 node, adds 0
+    on_path = torch.zeros_like(pool_scores, dtype=torch.int64)
+    alive = drafted.any(dim=1, keepdim=True)
     for _ in range(int(pool_depth.max())):
-        path[rows[alive], node[alive]] = True
-        node = parent_idx[rows, node.clamp(min=0)]
+        on_path.scatter_add_(1, node, alive.long())
+        node = parent_idx.gather(1, node)
         alive = alive & (node >= 0)
-    return path
+        node = node.clamp(min=0)
+    return on_path > 0
 
 
 def allocation_order(pool_scores: torch.Tensor, parent_idx: torch.Tensor, pool_depth: torch.Tensor,

@@ -132,10 +132,11 @@ def best_nodes(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return chosen & torch.isfinite(scores)
 
 
-def tree_from_chosen(pool: Pool, root_tokens: torch.Tensor, chosen_mask: torch.Tensor) -> Tree:
+def tree_from_chosen(pool: Pool, root_tokens: torch.Tensor, chosen_mask: torch.Tensor,
+                     pool_depth: torch.Tensor) -> Tree:
     """The verified trees: the root plus each request's chosen pool nodes, kept in pool
     order (parents before children). chosen_mask [B, P] bool must be closed under taking
-    parents (checked)."""
+    parents (checked); pool_depth [P] (pool_depths) gives the nodes' depths."""
     batch, pool_size = pool.scores.shape
     device = pool.scores.device
     num_nodes = chosen_mask.sum(dim=1) + 1
@@ -145,20 +146,22 @@ def tree_from_chosen(pool: Pool, root_tokens: torch.Tensor, chosen_mask: torch.T
     chosen = padded.sort(dim=-1).values[:, : max_nodes - 1]  # [B, N-1]
     valid = chosen < pool_size
     chosen_safe = chosen.clamp(max=pool_size - 1)
-    # pool index -> tree index (root 0, chosen node i -> i + 1)
-    tree_index_of = torch.full((batch, pool_size + 1), -1, dtype=torch.int64, device=device)
-    tree_index_of.scatter_(1, chosen, torch.arange(1, max_nodes, device=device).expand(batch, -1).clone())
+    # a chosen pool node's tree index (root 0): how many chosen nodes precede it, itself included
+    tree_index_of = chosen_mask.long().cumsum(dim=1)
     pool_parent = pool.parent_idx.gather(1, chosen_safe)
-    parent = torch.where(pool_parent < 0, 0, tree_index_of.gather(1, pool_parent.clamp(min=0)))
+    parent_safe = pool_parent.clamp(min=0)
+    parent = torch.where(pool_parent < 0, 0, tree_index_of.gather(1, parent_safe))
+    connected = (pool_parent < 0) | chosen_mask.gather(1, parent_safe)
+    assert bool((connected | ~valid).all()), "selected tree is not connected"
     root_col = torch.full((batch, 1), -1, dtype=torch.int64, device=device)
     parent_idx = torch.cat([root_col, torch.where(valid, parent, -1)], dim=1)
     tokens = torch.cat(
         [root_tokens.view(batch, 1).long(), torch.where(valid, pool.tokens.gather(1, chosen_safe), 0)],
         dim=1,
     )
-    assert bool((parent_idx[:, 1:][valid] >= 0).all()), "selected tree is not connected"
+    depths = torch.cat([torch.zeros_like(root_col), torch.where(valid, pool_depth[chosen_safe], 0)], dim=1)
     pool_idx = torch.cat([root_col, torch.where(valid, chosen, -1)], dim=1)
-    return Tree(tokens, parent_idx, node_depths(parent_idx), num_nodes.long(), pool_idx)
+    return Tree(tokens, parent_idx, depths, num_nodes.long(), pool_idx)
 
 
 def score_ranks(scores: torch.Tensor) -> torch.Tensor:

@@ -341,7 +341,7 @@ class EchoProposer(EagleProposer):
         whole batch (go deep, then wide); otherwise, and while calibrating (whole trees are
         measured), each request takes its best nodes up to its cap."""
         if not plan.spends_budget:
-            return tree_from_chosen(pool, root_tokens, best_nodes(pool.scores, caps))
+            return tree_from_chosen(pool, root_tokens, best_nodes(pool.scores, caps), depth_of)
         batch, pool_size = pool.scores.shape
         on_paths = most_confident_paths(pool.scores, pool.parent_idx, depth_of)
         order = allocation_order(pool.scores, pool.parent_idx, depth_of, caps, on_paths)
@@ -352,7 +352,7 @@ class EchoProposer(EagleProposer):
         chosen = allocate(order, batch, pool_size, budget)
         self.counters.nodes_bought = self.counters.nodes_bought + chosen.sum()
         self.counters.nodes_bought_deep = self.counters.nodes_bought_deep + (chosen & on_paths).sum()
-        return tree_from_chosen(pool, root_tokens, chosen)
+        return tree_from_chosen(pool, root_tokens, chosen, depth_of)
 
     def _draft_step(self, tokens, parent_hidden, positions, tree_k, tree_v, mask, prefix: GatheredPrefix | PagedPrefix):
         """One EAGLE-3 draft-layer pass over N new rows per request (as vLLM's llama_eagle3

@@ -37,6 +37,17 @@ def test_path_of_a_request_that_stopped_at_depth_one():
     assert most_confident_paths(scores, PARENTS[:1], DEPTHS).nonzero()[:, 1].tolist() == [1]
 
 
+def test_paths_of_requests_that_drafted_deep_stopped_or_drafted_nothing():
+    scores = torch.tensor([
+        [-0.1, -0.9, -0.5, -0.2, -2.0, -3.0],  # deepest best node 3, under node 0
+        [-0.3, -0.1, -INF, -INF, -INF, -INF],  # stopped at depth 1
+        [-INF] * 6,  # no drafts
+    ])
+    paths = most_confident_paths(scores, torch.cat([PARENTS, PARENTS[:1]]), DEPTHS)
+    assert paths.tolist() == [[True, False, False, True, False, False],
+                              [False, True, False, False, False, False], [False] * 6]
+
+
 def test_deep_before_wide_across_requests():
     # request 0 is confident; request 1 is not. Its depth-1 sibling (-0.15) outscores
     # request 1's path, but paths are bought first.

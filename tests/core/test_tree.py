@@ -31,10 +31,11 @@ def top(logprobs, k):
     return values, tokens
 
 
-def best_tree(pool, root_tokens, num_nodes):
+def best_tree(pool, root_tokens, num_nodes, topk=2):
     """The verified set as the proposer selects it: the root plus each request's
     num_nodes - 1 best pool nodes."""
-    return tree_from_chosen(pool, root_tokens, best_nodes(pool.scores, num_nodes - 1))
+    depths = pool_depths(4, topk)[: pool.scores.shape[1]]  # the layout of every depth so far
+    return tree_from_chosen(pool, root_tokens, best_nodes(pool.scores, num_nodes - 1), depths)
 
 
 def test_root_frontier_takes_the_draft_top_k():
@@ -85,6 +86,18 @@ def test_ties_never_disconnect_the_tree():
     tree = best_tree(pool, torch.tensor([0]), torch.tensor([4]))
     parents = tree.parent_idx[0].tolist()
     assert all(0 <= parents[i] < i for i in range(1, 4)), parents
+
+
+def test_tree_depths_are_the_depths_of_its_parent_links():
+    g = torch.Generator().manual_seed(0)
+    frontier, pool = root_frontier(*top(torch.randn(5, 50, generator=g).log_softmax(-1), 3))
+    for _ in range(3):
+        children = torch.randn(5, 3, 50, generator=g).log_softmax(-1)
+        frontier, pool = expand_frontier(frontier, *top(children, 3), pool)
+    tree = best_tree(pool, torch.zeros(5, dtype=torch.long), torch.tensor([1, 2, 5, 9, 14]), topk=3)
+    assert tree.num_nodes.tolist() == [1, 2, 5, 9, 14]
+    assert tree.depths.equal(node_depths(tree.parent_idx))
+    assert int(tree.depths.max()) >= 2
 
 
 def test_depths_mask_and_positions_worked_example():
