@@ -1,4 +1,4 @@
-"""Where a decoding step's time goes: no speculation, vLLM's eagle3 K=2 and echo, side by side.
+"""Where a decoding step's time goes: no speculation, vLLM's eagle3 chain and echo, side by side.
 
 Three engines (the committed head; echo with its calibration and budget `auto`, or the budget
 --echo-budget gives; the chain's K from --eagle3-k) take turns
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--undrafted", action="store_true",
                         help="no speculation (synchronous scheduling) against echo never drafting")
-    parser.add_argument("--eagle3-k", default="2", help="the eagle3 chain's K")
+    parser.add_argument("--eagle3-k", default="2", help="the eagle3 chain's K (default 2)")
     parser.add_argument("--echo-budget", type=int, default=None,
                         help="a fixed budget of drafts per step for echo (default: auto)")
     parser.add_argument("--out", default="bench-out/step_profile.json")
@@ -107,7 +107,8 @@ def main() -> None:
                       "throughput", "mt_bench", 4, ",".join(map(str, args.batch_sizes)),
                       100, 128, args.repetitions, 0.5, 0.1, os.path.dirname(args.out) or ".")
     loads = workloads(plan)
-    echo_config = plan.method_configs()["echo"]
+    method_configs = plan.method_configs()
+    echo_config = method_configs["echo"]
     if args.echo_budget is not None:
         echo_config = {**echo_config, "budget": args.echo_budget}
     if args.undrafted:
@@ -118,7 +119,7 @@ def main() -> None:
         engines["echo, never drafting"].collective_rpc(
             lambda worker: setattr(worker.model_runner.echo_policy, "forced_choice", False))
     else:
-        configs = {"no speculation": None, **plan.method_configs(), "echo": echo_config}
+        configs = {"no speculation": None, **method_configs, "echo": echo_config}
         engines = {name: LLM(model=plan.target, **engine_options(plan, loads), speculative_config=config)
                    for name, config in configs.items()}
     for llm in engines.values():
