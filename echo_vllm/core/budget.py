@@ -85,6 +85,24 @@ def allocation_order(pool_scores: torch.Tensor, parent_idx: torch.Tensor, pool_d
     return order[eligible[order]]
 
 
+def chain_allocation_order(pool_scores: torch.Tensor, caps: torch.Tensor) -> torch.Tensor:
+    """allocation_order of chain pools (topk 1: pool position p holds the node at depth p + 1,
+    child of position p - 1), in a few tensor operations. Every drafted node of a chain is on
+    its request's most confident path, and its rank within the request is its position
+    (scores never increase along a path): the order is the drafted nodes within each
+    request's cap, by score, then depth.
+
+    Worked example: scores [[-.1, -.4], [-.2, -inf]], caps [2, 2] -> [0, 2, 1]."""
+    batch, pool_size = pool_scores.shape
+    device = pool_scores.device
+    position = torch.arange(pool_size, device=device)
+    # flat indices (b * P + p) depth by depth, so the stable sort by score breaks ties by depth
+    flat_by_depth = torch.arange(batch * pool_size, device=device).view(batch, pool_size).t().flatten()
+    order = flat_by_depth[torch.argsort(-pool_scores.t().flatten(), stable=True)]
+    eligible = (torch.isfinite(pool_scores) & (position < caps.view(batch, 1).to(device))).flatten()
+    return order[eligible[order]]
+
+
 def piecewise_linear(x: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """The line through points (xs, ys) [n >= 2, xs increasing] at x (any shape), extended
     beyond the points with the end segments' slopes."""

@@ -17,6 +17,7 @@ is generation order (depth by depth), so every parent precedes its children.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -108,6 +109,7 @@ def _scatter_rows(rows: torch.Tensor, batch: int, *values_and_fills):
     return out
 
 
+@lru_cache(maxsize=None)  # every drafted step asks; callers only read it
 def pool_depths(steps: int, topk: int, device=None) -> torch.Tensor:
     """[P] int64: the draft depth of each pool position (the layout every row shares).
 
@@ -162,6 +164,27 @@ def tree_from_chosen(pool: Pool, root_tokens: torch.Tensor, chosen_mask: torch.T
     depths = torch.cat([torch.zeros_like(root_col), torch.where(valid, pool_depth[chosen_safe], 0)], dim=1)
     pool_idx = torch.cat([root_col, torch.where(valid, chosen, -1)], dim=1)
     return Tree(tokens, parent_idx, depths, num_nodes.long(), pool_idx)
+
+
+def chain_tree(pool: Pool, root_tokens: torch.Tensor, counts: torch.Tensor) -> Tree:
+    """The verified trees of chain pools (topk 1: pool position p holds the node at depth
+    p + 1, child of position p - 1): the root plus each request's first counts[b] [B] nodes.
+    The tree tree_from_chosen makes of those nodes, in a few tensor operations: a chain step
+    costs what a chain costs.
+
+    Worked example: pool tokens [[5, 6, 7]], root [4], counts [2] -> tokens [[4, 5, 6]],
+    parents [[-1, 0, 1]], depths [[0, 1, 2]], pool positions [[-1, 0, 1]].
+    """
+    batch = pool.tokens.shape[0]
+    max_drafts = int(counts.max())
+    position = torch.arange(max_drafts, device=pool.tokens.device).expand(batch, max_drafts)
+    valid = position < counts.view(batch, 1)
+    root_col = torch.full((batch, 1), -1, dtype=torch.int64, device=pool.tokens.device)
+    # tree node i + 1 is pool position i, and its parent is tree node i
+    pool_idx = torch.cat([root_col, torch.where(valid, position, -1)], dim=1)
+    tokens = torch.cat([root_tokens.view(batch, 1).long(),
+                        torch.where(valid, pool.tokens[:, :max_drafts], 0)], dim=1)
+    return Tree(tokens, pool_idx, pool_idx + 1, counts.long() + 1, pool_idx)
 
 
 def score_ranks(scores: torch.Tensor) -> torch.Tensor:

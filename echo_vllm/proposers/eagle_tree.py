@@ -31,13 +31,14 @@ from vllm.forward_context import set_forward_context
 from vllm.v1.spec_decode.eagle import EagleProposer
 
 from echo_vllm.config import EchoConfig
-from echo_vllm.core.budget import allocate, allocation_order, most_confident_paths
+from echo_vllm.core.budget import allocate, allocation_order, chain_allocation_order, most_confident_paths
 from echo_vllm.core.gating import STATISTICS, gate_statistic
 from echo_vllm.core.tree import (
     Frontier,
     Pool,
     Tree,
     best_nodes,
+    chain_tree,
     child_visibility,
     deepest_and_widest,
     expand_frontier,
@@ -241,15 +242,41 @@ class EchoProposer(EagleProposer):
                 caps) -> DraftedTrees:
         """Grow each request's candidate pool depth by depth, then select the verified trees.
 
-        After each depth the plan's gate checks, the requests it stops leave the draft batch
-        (one host transfer there, none elsewhere). first_positions [B]: position of a depth-1
-        node's draft step (= committed length). caps [B] (host): draft tokens each request may
-        verify; requests capped at 0 never grow.
+        first_positions [B]: position of a depth-1 node's draft step (= committed length).
+        caps [B] (host): draft tokens each request may verify; requests capped at 0 never grow.
         """
+        batch = root_hidden.shape[0]
+        depth_of = pool_depths(self.echo_config.steps, plan.width, root_hidden.device)
+        frontier, pool = root_frontier(*self._topk_children(root_logits_hidden, plan.width))
+        statistics = []  # per depth [B, S], when recording (the gate is off then)
+        if plan.depths > 1:
+            pool, caps, statistics = self._grow_pool(plan, frontier, pool, root_hidden, first_positions, cad, caps,
+                                                     depth_of)
+        pool, caps, broken = _without_broken_scores(pool, caps.to(pool.scores.device))
+        tree = self._select(plan, pool, root_tokens.long(), caps, depth_of[: pool.scores.shape[1]])
+        node_values = None
+        if self.policy.auto_budget():  # the acceptance scale compares them with what is accepted
+            node_scores = pool.scores.gather(1, tree.pool_idx.clamp(min=0))
+            node_values = torch.where(tree.pool_idx >= 0, node_scores.exp(), 0.0)
+        if plan.spends_budget:  # elastic depth and width
+            self.policy.bought(*deepest_and_widest(tree))
+        calibration = None
+        if plan.recording:
+            ranks = score_ranks(pool.scores).gather(1, tree.pool_idx.clamp(min=0))
+            calibration = (
+                torch.stack(statistics, dim=1).cpu() if statistics else torch.zeros(batch, 0, len(STATISTICS)),
+                torch.where(tree.pool_idx >= 0, ranks, -1).cpu(),
+            )
+        return DraftedTrees(tree, node_values, calibration, broken.sum())
+
+    def _grow_pool(self, plan: StepPlan, frontier: Frontier, pool: Pool, root_hidden, first_positions, cad, caps,
+                   depth_of) -> tuple[Pool, torch.Tensor, list[torch.Tensor]]:
+        """Depths 2 to plan.depths of the pool, from the depth-1 frontier. After each depth the
+        plan's gate checks, the requests it stops leave the draft batch (one host transfer
+        there, none elsewhere) and their caps are cut. Returns the pool, the caps (on the
+        device) and, when recording, the gate statistics of each depth checked."""
         topk = plan.width
         batch, device = root_hidden.shape[0], root_hidden.device
-        depth_of = pool_depths(self.echo_config.steps, topk, device)
-        frontier, pool = root_frontier(*self._topk_children(root_logits_hidden, topk))
         growing = _Growing(
             rows=torch.arange(batch, device=device), frontier=frontier,
             parent_hidden=root_hidden.unsqueeze(1).expand(batch, topk, -1),
@@ -260,8 +287,8 @@ class EchoProposer(EagleProposer):
         if not bool((caps > 0).all()):
             growing = growing.select((caps > 0).nonzero().flatten().to(device))
         caps = caps.to(device)
-        statistics = []  # per depth [B, S], when recording (the gate is off then)
-        grown, growth_started = 0, self.policy.clock() if plan.depths > 1 else None
+        statistics = []
+        grown, growth_started = 0, self.policy.clock()
         for depth in range(1, plan.depths):
             if plan.recording:
                 statistics.append(torch.stack([gate_statistic(growing.frontier.scores, s) for s in STATISTICS], -1))
@@ -279,22 +306,7 @@ class EchoProposer(EagleProposer):
             grown += 1
         if grown:  # what growing past depth 1 cost (the budget's drafting cost by depth)
             self.policy.grew(grown, self.policy.clock() - growth_started)
-        pool, caps, broken = _without_broken_scores(pool, caps)
-        tree = self._select(plan, pool, root_tokens.long(), caps, depth_of[: pool.scores.shape[1]])
-        node_values = None
-        if self.policy.auto_budget():  # the acceptance scale compares them with what is accepted
-            node_scores = pool.scores.gather(1, tree.pool_idx.clamp(min=0))
-            node_values = torch.where(tree.pool_idx >= 0, node_scores.exp(), 0.0)
-        if plan.spends_budget:  # elastic depth and width
-            self.policy.bought(*deepest_and_widest(tree))
-        calibration = None
-        if plan.recording:
-            ranks = score_ranks(pool.scores).gather(1, tree.pool_idx.clamp(min=0))
-            calibration = (
-                torch.stack(statistics, dim=1).cpu() if statistics else torch.zeros(batch, 0, len(STATISTICS)),
-                torch.where(tree.pool_idx >= 0, ranks, -1).cpu(),
-            )
-        return DraftedTrees(tree, node_values, calibration, broken.sum())
+        return pool, caps, statistics
 
     def _gate(self, plan: StepPlan, depth: int, growing: "_Growing", pool: Pool, depth_of, caps) -> "_Growing":
         """The requests the plan's gate lets grow past `depth`; the stopped ones are cut to
@@ -339,12 +351,26 @@ class EchoProposer(EagleProposer):
     def _select(self, plan: StepPlan, pool: Pool, root_tokens, caps, depth_of) -> Tree:
         """The verified trees: with a batch-wide budget, the policy's budget spent over the
         whole batch (go deep, then wide); otherwise, and while calibrating (whole trees are
-        measured), each request takes its best nodes up to its cap."""
-        if not plan.spends_budget:
-            return tree_from_chosen(pool, root_tokens, best_nodes(pool.scores, caps), depth_of)
+        measured), each request takes its best nodes up to its cap. A pool one node wide is
+        a chain, whose trees are its prefixes: selected as such, at a chain's cost."""
+        chain = plan.width == 1
+        if plan.spends_budget:
+            chosen = self._spend_budget(plan, pool, caps, depth_of, chain)
+        else:
+            chosen = best_nodes(pool.scores, caps)
+        if chain:
+            return chain_tree(pool, root_tokens, chosen.sum(dim=1))
+        return tree_from_chosen(pool, root_tokens, chosen, depth_of)
+
+    def _spend_budget(self, plan: StepPlan, pool: Pool, caps, depth_of, chain: bool) -> torch.Tensor:
+        """[B, P] bool: the pool nodes the step's budget buys, deep first, then wide."""
         batch, pool_size = pool.scores.shape
-        on_paths = most_confident_paths(pool.scores, pool.parent_idx, depth_of)
-        order = allocation_order(pool.scores, pool.parent_idx, depth_of, caps, on_paths)
+        if chain:  # every drafted node of a chain is on its request's path
+            on_paths = torch.isfinite(pool.scores)
+            order = chain_allocation_order(pool.scores, caps)
+        else:
+            on_paths = most_confident_paths(pool.scores, pool.parent_idx, depth_of)
+            order = allocation_order(pool.scores, pool.parent_idx, depth_of, caps, on_paths)
         auto = self.policy.auto_budget()
         node_values = pool.scores.flatten()[order].exp() if auto else None
         node_depths = depth_of[order % pool_size] if auto else None
@@ -352,7 +378,7 @@ class EchoProposer(EagleProposer):
         chosen = allocate(order, batch, pool_size, budget)
         self.counters.nodes_bought = self.counters.nodes_bought + chosen.sum()
         self.counters.nodes_bought_deep = self.counters.nodes_bought_deep + (chosen & on_paths).sum()
-        return tree_from_chosen(pool, root_tokens, chosen, depth_of)
+        return chosen
 
     def _draft_step(self, tokens, parent_hidden, positions, tree_k, tree_v, mask, prefix: GatheredPrefix | PagedPrefix):
         """One EAGLE-3 draft-layer pass over N new rows per request (as vLLM's llama_eagle3
@@ -400,7 +426,7 @@ def _without_broken_scores(pool: Pool, caps: torch.Tensor) -> tuple[Pool, torch.
     """A head that outputs NaN (a corrupt or diverged checkpoint) must not steer the budget,
     the gate or the acceptance curve: such a request verifies no draft this step. Returns the
     pool and caps without them, and which requests [B] were broken."""
-    broken = pool.scores.isnan().any(dim=1) | pool.scores.isposinf().any(dim=1)
+    broken = ~(pool.scores < math.inf).all(dim=1)  # NaN and +inf compare false; -inf is a node never drafted
     pool = replace(pool, scores=pool.scores.masked_fill(broken.unsqueeze(1), -math.inf))
     return pool, caps.masked_fill(broken, 0), broken
 

@@ -298,9 +298,14 @@ class BatchPolicy:
 
     def _shape_to_draft(self) -> tuple[int, int]:
         """(depths, width): `steps` and `topk`, or with a budget the deepest node and the
-        widest level bought lately (at least 1), one more of each on a probe step."""
-        steps, topk = self.config.steps, self.config.topk
-        if not self.spends_budget() or not self.recent_bought_depths:
+        widest level bought lately (at least 1), one more of each on a probe step. A fixed
+        budget of G drafts per step never buys a node deeper, or a level wider, than G."""
+        steps, topk, budget = self.config.steps, self.config.topk, self.config.budget
+        if not self.spends_budget():
+            return steps, topk
+        if budget != "auto":
+            steps, topk = min(steps, budget), min(topk, budget)
+        if not self.recent_bought_depths:
             return steps, topk
         # a budget that bought nothing still leaves one depth-1 draft to value
         probe = int(self.num_bought_steps % ELASTIC_WINDOW == 0)

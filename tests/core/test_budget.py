@@ -14,6 +14,7 @@ from echo_vllm.core.budget import (
     LinearCost,
     allocate,
     allocation_order,
+    chain_allocation_order,
     goodput_budget,
     measurement_sizes,
     most_confident_paths,
@@ -102,6 +103,26 @@ def test_every_budget_buys_a_connected_super_tree_deterministically():
         parent_chosen = chosen.gather(1, parents.clamp(min=0))
         assert bool((~chosen | ~has_parent | parent_chosen).all()), budget
         assert not bool(chosen[2, depths > 2].any())
+
+
+def test_chain_allocation_order_worked_example():
+    scores = torch.tensor([[-0.1, -0.4], [-0.2, -INF]])
+    assert chain_allocation_order(scores, torch.tensor([2, 2])).tolist() == [0, 2, 1]
+
+
+def test_chain_allocation_order_is_the_allocation_order_of_chains():
+    g = torch.Generator().manual_seed(1)
+    batch, steps = 7, 4
+    depths = pool_depths(steps, 1)
+    parents = torch.arange(-1, steps - 1).expand(batch, steps)
+    # log-probabilities rounded to a few values, so that scores tie across requests and along paths
+    logprobs = -(torch.randint(0, 3, (batch, steps), generator=g).float() / 4)
+    scores = logprobs.cumsum(dim=1)
+    scores[1, 2:] = -INF  # stopped after depth 2
+    scores[4] = -INF  # drafted nothing
+    caps = torch.tensor([4, 4, 1, 0, 4, 2, 3])
+    order = chain_allocation_order(scores, caps)
+    assert torch.equal(order, allocation_order(scores, parents, depths, caps))
 
 
 def test_cost_model_interpolates_extrapolates_and_keeps_what_was_measured():

@@ -6,10 +6,12 @@ import torch
 
 from echo_vllm.core.tree import (
     Frontier,
+    Pool,
     Tree,
     ancestor_mask,
     child_visibility,
     best_nodes,
+    chain_tree,
     deepest_and_widest,
     expand_frontier,
     node_depths,
@@ -111,6 +113,32 @@ def test_depths_mask_and_positions_worked_example():
 def test_chain_is_a_tree():
     parents = torch.tensor([[-1, 0, 1, 2]])
     assert ancestor_mask(parents)[0].equal(torch.ones(4, 4, dtype=torch.bool).tril())
+
+
+def test_chain_tree_worked_example():
+    pool = Pool(torch.tensor([[5, 6, 7]]), log(0.9, 0.5, 0.4).cumsum(0).unsqueeze(0), torch.tensor([[-1, 0, 1]]))
+    tree = chain_tree(pool, torch.tensor([4]), torch.tensor([2]))
+    assert tree.tokens.tolist() == [[4, 5, 6]]
+    assert tree.parent_idx.tolist() == [[-1, 0, 1]]
+    assert tree.depths.tolist() == [[0, 1, 2]]
+    assert tree.pool_idx.tolist() == [[-1, 0, 1]]
+    assert tree.num_nodes.tolist() == [3]
+
+
+def test_chain_tree_is_the_tree_of_a_chains_chosen_prefix():
+    g = torch.Generator().manual_seed(2)
+    batch, steps = 5, 4
+    frontier, pool = root_frontier(*top(torch.randn(batch, 10, generator=g).log_softmax(-1), 1))
+    for _ in range(steps - 1):
+        frontier, pool = expand_frontier(frontier, *top(torch.randn(batch, 1, 10, generator=g).log_softmax(-1), 1),
+                                         pool)
+    counts = torch.tensor([0, 4, 2, 1, 3])
+    chosen = torch.arange(steps).expand(batch, steps) < counts.view(batch, 1)
+    root_tokens = torch.arange(batch) + 100
+    chain = chain_tree(pool, root_tokens, counts)
+    tree = tree_from_chosen(pool, root_tokens, chosen, pool_depths(steps, 1))
+    for field in ("tokens", "parent_idx", "depths", "num_nodes", "pool_idx"):
+        assert torch.equal(getattr(chain, field), getattr(tree, field)), field
 
 
 def test_tree_keeps_pool_positions_and_ranks_follow_scores():

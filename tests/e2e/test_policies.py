@@ -1,4 +1,5 @@
-"""Every tree policy (static, ddd, opt_tree, echo with a fixed and an automatic budget) keeps
+"""Every tree policy (static, ddd, opt_tree, echo with a fixed budget over trees and over
+chains, and with an automatic budget) keeps
 greedy output token-identical to decoding without speculation, at batch sizes 32 and 1,
 while really stopping requests early and spending the budget it is given.
 
@@ -20,11 +21,15 @@ PROMPTS = random_token_prompts(40, TINY["vocab_size"], min_len=1, max_len=200, s
 GREEDY = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
 TREE = {"steps": 4, "topk": 4, "num_draft_tokens": 12}
 BUDGET = 100  # draft tokens per step for the whole batch: fewer than 32 requests x 11
+CHAIN_BUDGET = 40  # fewer than 32 requests x 3
 POLICIES = {
     "ddd": {"policy": "ddd", "threshold": 0.008},
     "opt_tree": {"policy": "opt_tree", "threshold": 0.012},
     "echo-budget": {"judge_depth": [1, 2], "threshold": [0.14, 0.008], "remaining_num_draft_tokens": 3,
                     "budget": BUDGET},
+    # a one-node-wide pool: chains, selected as such (core.tree.chain_tree)
+    "echo-budget-chain": {"topk": 1, "num_draft_tokens": 4, "judge_depth": 1, "threshold": 0.04,
+                          "remaining_num_draft_tokens": 2, "budget": CHAIN_BUDGET},
     "echo-auto": {"judge_depth": 2, "threshold": 0.0025, "gate_statistic": "best_path"},
     "echo-online": {"policy": "echo", "calibration_steps": 10},
 }
@@ -86,7 +91,8 @@ def test_policy_is_lossless_and_really_acts(policy_llm, reference, batch_size):
         assert not calibrating and len(gate) == 1, gate  # the gate was calibrated and switched on
     else:
         assert 0 < stops < checks, (name, stops, checks)  # some requests stopped, not all
-    if name == "echo-budget":
-        assert max(totals) <= BUDGET and max(totals) == BUDGET, max(totals)
+    if name in ("echo-budget", "echo-budget-chain"):
+        budget = BUDGET if name == "echo-budget" else CHAIN_BUDGET
+        assert max(totals) == budget, max(totals)
     if name in ("echo-auto", "echo-online"):
         assert has_cost_model and isinstance(last_budget, int)

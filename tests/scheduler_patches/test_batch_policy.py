@@ -183,6 +183,19 @@ def test_elastic_depth_and_width_follow_what_the_budget_bought():
     assert (plan.depths, plan.width) == (1, 1)
 
 
+def test_a_fixed_budget_never_drafts_deeper_or_wider_than_it_buys():
+    policy, _ = make_policy({**ECHO_AUTO, "topk": 4, "num_draft_tokens": 9, "budget": 2})
+    assert (policy.decide(["a"]).depths, policy.decide(["a"]).width) == (2, 2)  # nothing bought yet
+    for _ in range(8):  # a probe step is due: still no deeper, no wider than the budget reaches
+        policy.bought(2, widest=2)
+    assert policy.num_bought_steps % 8 == 0
+    plan = policy.decide(["a", "b"])
+    assert (plan.depths, plan.width) == (2, 2)
+    policy, _ = make_policy({**ECHO_AUTO, "budget": 1})
+    plan = policy.decide(["a"])
+    assert (plan.depths, plan.width) == (1, 1)  # one draft a step: a chain of one
+
+
 def test_step_overhead_is_the_time_outside_drafting_and_the_pass():
     policy, clock = make_policy()
     for _ in range(5):
