@@ -128,7 +128,7 @@ class EchoRunnerMixin:
                                         policy=self.echo_policy, counters=self.echo_counters)
         self._echo_trees: dict[str, PendingTree] = {}
         self._echo_step: TreeStep | None = None
-        # token rows (source, destination) of accepted nodes, for the drafter's inputs
+        # token rows (source, destination) of accepted nodes, for the drafter's inputs (None: none moved)
         self._echo_row_moves: tuple[torch.Tensor, torch.Tensor] | None = None
         self._echo_target_kv_caches: list[torch.Tensor] | None = None
         self._echo_kv_layout = kv_layout_of(device)
@@ -350,8 +350,8 @@ class EchoRunnerMixin:
             positions = moved_positions(step.prefix_lens, tree, src, dst)
             slots = slots_of(step.block_table[tree], positions, block_size).to(self.device)
             move_kv(self._echo_kv_layout, self._target_kv_caches(), slots[:, 0], slots[:, 1])
-        src_rows, dst_rows = moved_rows(step.root_rows, tree, src, dst)
-        self._echo_row_moves = (src_rows.to(self.device), dst_rows.to(self.device))
+            src_rows, dst_rows = moved_rows(step.root_rows, tree, src, dst)
+            self._echo_row_moves = (src_rows.to(self.device), dst_rows.to(self.device))
         self._observe_target_pass()
         return output
 
