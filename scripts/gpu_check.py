@@ -31,11 +31,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from echo_vllm.core.budget import allocate, allocation_order, most_confident_paths  # noqa: E402
+from echo_vllm.core.budget import (  # noqa: E402
+    allocate,
+    allocation_order,
+    chain_allocation_order,
+    most_confident_paths,
+)
 from echo_vllm.core.gating import gate_statistic  # noqa: E402
 from echo_vllm.core.tree import (  # noqa: E402
     ancestor_mask,
     best_nodes,
+    chain_tree,
     expand_frontier,
     node_depths,
     pool_depths,
@@ -237,11 +243,19 @@ def drafting_step(device: str, seed: int = 0) -> dict[str, torch.Tensor]:
                             depth_of)
     on_paths = most_confident_paths(pool.scores, pool.parent_idx, depth_of)
     order = allocation_order(pool.scores, pool.parent_idx, depth_of, torch.full((batch,), 8, device=device), on_paths)
+    # a frontier one node wide: chains, selected as such
+    frontier, chain = root_frontier(logprobs(batch, 5)[:, :1], tokens(batch, 1))
+    for _ in range(steps - 1):
+        frontier, chain = expand_frontier(frontier, logprobs(batch, 1, 5)[..., :1], tokens(batch, 1, 1), chain)
+    chain_order = chain_allocation_order(chain.scores, torch.tensor([4, 2, 0, 3], device=device))
+    chain_bought = allocate(chain_order, batch, steps, 5).sum(dim=1)
+    chains = chain_tree(chain, tokens(batch), chain_bought)
     return dict(pool_scores=pool.scores, pool_parents=pool.parent_idx, gates=torch.stack(gates),
                 tree_tokens=tree.tokens, tree_parents=tree.parent_idx, tree_depths=tree.depths,
                 node_depths=node_depths(tree.parent_idx), mask=ancestor_mask(tree.parent_idx),
                 positions=tree_positions(tree.depths, torch.tensor([0, 5, 4096, 32767], device=device)),
-                on_paths=on_paths, order=order, allocated=allocate(order, batch, pool.scores.shape[1], 20))
+                on_paths=on_paths, order=order, allocated=allocate(order, batch, pool.scores.shape[1], 20),
+                chain_order=chain_order, chain_tokens=chains.tokens, chain_parents=chains.parent_idx)
 
 
 def check_core(device: str) -> list[dict]:
