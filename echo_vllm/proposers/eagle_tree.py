@@ -366,8 +366,7 @@ class EchoProposer(EagleProposer):
     def _spend_budget(self, plan: StepPlan, pool: Pool, caps, depth_of, chain: bool) -> torch.Tensor:
         """[B, P] bool: the pool nodes the step's budget buys, deep first, then wide."""
         batch, pool_size = pool.scores.shape
-        if chain:  # every drafted node of a chain is on its request's path
-            on_paths = torch.isfinite(pool.scores)
+        if chain:
             order = chain_allocation_order(pool.scores, caps)
         else:
             on_paths = most_confident_paths(pool.scores, pool.parent_idx, depth_of)
@@ -377,8 +376,10 @@ class EchoProposer(EagleProposer):
         node_depths = depth_of[order % pool_size] if auto else None
         budget = self.policy.budget(plan, node_values, node_depths, batch)
         chosen = allocate(order, batch, pool_size, budget)
-        self.counters.nodes_bought = self.counters.nodes_bought + chosen.sum()
-        self.counters.nodes_bought_deep = self.counters.nodes_bought_deep + (chosen & on_paths).sum()
+        bought = chosen.sum()
+        self.counters.nodes_bought = self.counters.nodes_bought + bought
+        bought_deep = bought if chain else (chosen & on_paths).sum()  # a chain's nodes are all on its path
+        self.counters.nodes_bought_deep = self.counters.nodes_bought_deep + bought_deep
         return chosen
 
     def _draft_step(self, tokens, parent_hidden, positions, tree_k, tree_v, mask, prefix: GatheredPrefix | PagedPrefix):
