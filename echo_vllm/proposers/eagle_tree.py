@@ -260,7 +260,8 @@ class EchoProposer(EagleProposer):
             node_values = torch.where(tree.pool_idx >= 0, node_scores.exp(), 0.0)
         if plan.spends_budget:  # elastic depth and width; chains are padded to the longest, one node wide
             longest = tree.tokens.shape[1] - 1
-            self.policy.bought(*((longest, min(longest, 1)) if plan.width == 1 else deepest_and_widest(tree)))
+            deepest, widest = (longest, min(longest, 1)) if plan.width == 1 else deepest_and_widest(tree)
+            self.policy.bought(plan.depths, deepest, widest)
         calibration = None
         if plan.recording:
             ranks = score_ranks(pool.scores).gather(1, tree.pool_idx.clamp(min=0))

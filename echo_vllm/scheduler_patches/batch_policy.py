@@ -35,9 +35,15 @@ from echo_vllm.core.budget import (
 from echo_vllm.core.gating import GrowthPolicy, ddd_policy, echo_policy, opt_tree_policy, static_policy
 from echo_vllm.stats import EchoCounters
 
-# steps whose deepest bought node and widest bought level set the depth and the frontier
-# width drafted next (elastic depth and width)
+# steps whose widest bought level sets the frontier width drafted next, whose purchases at a
+# depth decide whether that depth is drafted next, and one in which probes a depth deeper and a
+# node wider (elastic depth and width)
 ELASTIC_WINDOW = 8
+# A depth past the first is drafted while the last step that drafted it bought a node there, or
+# at least this share of the last ELASTIC_WINDOW steps that drafted it did: the budget buys a
+# deep node only where it pays for that depth's drafting, but every step drafting that depth
+# pays for it, bought or not.
+DEPTH_KEPT_SHARE = 0.5
 # Drafted steps measured (drafting time, acceptance) before echo may decide that a step is
 # not worth drafting: its estimates must not rest on the first, noisiest steps, since steps
 # it does not draft measure nothing about drafting.
@@ -119,13 +125,14 @@ class BatchPolicy:
         # None: decide each step; True / False: every step drafts / does not (for benchmarks
         # that measure one choice alone, and tests)
         self.forced_choice: bool | None = None
-        # Elastic depth and width: draft as deep as the deepest node the budget bought in recent
-        # steps, and a frontier as wide as the most nodes it bought at one depth of one
-        # request, so a tight budget stops paying for drafts it never verifies (a budget that
-        # buys one path drafts a chain, at a chain's cost). One step in ELASTIC_WINDOW drafts a
-        # depth deeper and a node wider (a probe), so an ample budget can show it would buy
-        # more, and trees grow back to `steps` deep and `topk` wide.
-        self.recent_bought_depths: deque[int] = deque(maxlen=ELASTIC_WINDOW)
+        # Elastic depth and width: draft the depths the budget kept buying where they were
+        # drafted (DEPTH_KEPT_SHARE), and a frontier as wide as the most nodes it bought at one
+        # depth of one request in recent steps, so a tight budget stops paying for drafts it
+        # never verifies (a budget that buys one path drafts a chain, at a chain's cost). One
+        # step in ELASTIC_WINDOW drafts a depth deeper and a node wider (a probe), so an ample
+        # budget can show it would buy more, and trees grow back to `steps` deep and `topk` wide.
+        self.bought_where_drafted: dict[int, deque[bool]] = {
+            depth: deque(maxlen=ELASTIC_WINDOW) for depth in range(2, config.steps + 1)}
         self.recent_bought_widths: deque[int] = deque(maxlen=ELASTIC_WINDOW)
         self.num_bought_steps = 0
         self._verified_since_decision = (0.0, 0)  # predicted, accepted drafts
@@ -219,10 +226,11 @@ class BatchPolicy:
             self.counters.num_budgeted_steps += 1
         return budget
 
-    def bought(self, deepest: int, widest: int) -> None:
-        """The deepest node the step's budget bought, and the most nodes it bought at one depth
-        of one request (elastic depth and width)."""
-        self.recent_bought_depths.append(deepest)
+    def bought(self, drafted_depths: int, deepest: int, widest: int) -> None:
+        """The step drafted `drafted_depths` depths; its budget bought nodes as deep as `deepest`
+        and at most `widest` at one depth of one request (elastic depth and width)."""
+        for depth in range(2, drafted_depths + 1):
+            self.bought_where_drafted[depth].append(deepest >= depth)
         self.recent_bought_widths.append(widest)
         self.num_bought_steps += 1
 
@@ -297,20 +305,28 @@ class BatchPolicy:
         return shared_pays != explore, explore and not shared_pays
 
     def _shape_to_draft(self) -> tuple[int, int]:
-        """(depths, width): `steps` and `topk`, or with a budget the deepest node and the
-        widest level bought lately (at least 1), one more of each on a probe step. A fixed
-        budget of G drafts per step never buys a node deeper, or a level wider, than G."""
+        """(depths, width): `steps` and `topk`, or with a budget the depths it kept buying
+        (DEPTH_KEPT_SHARE) and the widest level bought lately (at least 1), one more of each
+        on a probe step. A fixed budget of G drafts per step never buys a node deeper, or a
+        level wider, than G."""
         steps, topk, budget = self.config.steps, self.config.topk, self.config.budget
         if not self.spends_budget():
             return steps, topk
         if budget != "auto":
             steps, topk = min(steps, budget), min(topk, budget)
-        if not self.recent_bought_depths:
+        if not self.recent_bought_widths:
             return steps, topk
-        # a budget that bought nothing still leaves one depth-1 draft to value
+        depths = 1  # a budget that bought nothing still leaves one depth-1 draft to value
+        while depths < steps and self._depth_kept(depths + 1):
+            depths += 1
         probe = int(self.num_bought_steps % ELASTIC_WINDOW == 0)
-        return (min(steps, max(1, *self.recent_bought_depths) + probe),
-                min(topk, max(1, *self.recent_bought_widths) + probe))
+        return min(steps, depths + probe), min(topk, max(1, *self.recent_bought_widths) + probe)
+
+    def _depth_kept(self, depth: int) -> bool:
+        """Whether the steps that drafted `depth` lately bought a node there often enough to
+        draft it again (always, while none drafted it yet)."""
+        record = self.bought_where_drafted[depth]
+        return not record or record[-1] or sum(record) >= DEPTH_KEPT_SHARE * len(record)
 
     def stats(self) -> dict:
         """The policy as it stands (gate, budget, the inputs of its decisions)."""

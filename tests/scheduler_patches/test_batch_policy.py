@@ -153,41 +153,47 @@ def test_elastic_depth_and_width_follow_what_the_budget_bought():
     policy, _ = make_policy({**ECHO_AUTO, "topk": 4, "num_draft_tokens": 9})
     plan = policy.decide(["a"])
     assert (plan.depths, plan.width) == (3, 4)  # nothing bought yet: the whole shape
-    for _ in range(3):  # a budget that buys one path
-        policy.bought(1, widest=1)
+    for _ in range(3):  # steps drafting 3 deep whose budget buys one node, one path
+        policy.bought(3, deepest=1, widest=1)
     plan = policy.decide(["a"])
-    assert (plan.depths, plan.width) == (1, 1)  # a chain, as long as what was bought
-    policy.bought(2, widest=1)
-    for _ in range(3):
-        policy.bought(1, widest=1)
-    plan = policy.decide(["a"])
-    assert (plan.depths, plan.width) == (2, 1)
-    policy.bought(1, widest=1)
+    assert (plan.depths, plan.width) == (1, 1)  # a chain of one
+    for _ in range(5):
+        policy.bought(1, deepest=1, widest=1)
     # every ELASTIC_WINDOW-th step probes one deeper and one wider
     assert policy.num_bought_steps == 8
     plan = policy.decide(["a"])
-    assert (plan.depths, plan.width) == (3, 2)
-    policy.bought(1, widest=1)
+    assert (plan.depths, plan.width) == (2, 2)
+    policy.bought(2, deepest=2, widest=1)  # the probe's budget bought depth 2: drafted again
     plan = policy.decide(["a"])
     assert (plan.depths, plan.width) == (2, 1)
-    for _ in range(7):
-        policy.bought(1, widest=1)
-    plan = policy.decide(["a"])  # 16 steps bought: a probe; the depth-2 step left the window
-    assert (plan.depths, plan.width) == (2, 2)
-    policy.bought(3, widest=3)  # the probe's budget bought more: the shape follows
-    plan = policy.decide(["a"])
-    assert (plan.depths, plan.width) == (3, 3)
-    for _ in range(8):  # a budget that buys nothing: one depth-1 draft is still valued
-        policy.bought(0, widest=0)
+    policy.bought(2, deepest=1, widest=1)  # not bought there, and in 1 of the 5 steps that drafted it
     plan = policy.decide(["a"])
     assert (plan.depths, plan.width) == (1, 1)
+    for _ in range(8):  # a budget that buys nothing: one depth-1 draft is still valued
+        policy.bought(1, deepest=0, widest=0)
+    plan = policy.decide(["a"])
+    assert (plan.depths, plan.width) == (1, 1)
+
+
+def test_a_depth_stays_drafted_while_half_the_steps_drafting_it_buy_there():
+    policy, _ = make_policy({**ECHO_AUTO, "topk": 4, "num_draft_tokens": 9})
+    for _ in range(4):
+        policy.bought(3, deepest=3, widest=3)
+    assert (policy.decide(["a"]).depths, policy.decide(["a"]).width) == (3, 3)
+    for _ in range(4):  # depth 3 no longer bought, in 4 of the last 8 steps that drafted it
+        policy.bought(3, deepest=2, widest=1)
+        assert policy.decide(["a"]).depths == 3
+    policy.bought(3, deepest=2, widest=1)  # 3 of the last 8: depth 3 is no longer drafted
+    plan = policy.decide(["a"])
+    # (no probe; the width is still the widest level bought in the last 8 steps)
+    assert policy.num_bought_steps % 8 != 0 and (plan.depths, plan.width) == (2, 3)
 
 
 def test_a_fixed_budget_never_drafts_deeper_or_wider_than_it_buys():
     policy, _ = make_policy({**ECHO_AUTO, "topk": 4, "num_draft_tokens": 9, "budget": 2})
     assert (policy.decide(["a"]).depths, policy.decide(["a"]).width) == (2, 2)  # nothing bought yet
     for _ in range(8):  # a probe step is due: still no deeper, no wider than the budget reaches
-        policy.bought(2, widest=2)
+        policy.bought(2, deepest=2, widest=2)
     assert policy.num_bought_steps % 8 == 0
     plan = policy.decide(["a", "b"])
     assert (plan.depths, plan.width) == (2, 2)
