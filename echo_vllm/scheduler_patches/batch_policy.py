@@ -35,9 +35,10 @@ from echo_vllm.core.budget import (
 from echo_vllm.core.gating import GrowthPolicy, ddd_policy, echo_policy, opt_tree_policy, static_policy
 from echo_vllm.stats import EchoCounters
 
-# steps whose widest bought level sets the frontier width drafted next, whose purchases at a
-# depth decide whether that depth is drafted next, and one in which probes a depth deeper and a
-# node wider (elastic depth and width)
+# How far elastic depth and width look back: the widest level bought in the last ELASTIC_WINDOW
+# steps sets the frontier width drafted next, a depth's purchases in the last ELASTIC_WINDOW
+# steps that drafted it decide whether it is drafted next, and one bought step in
+# ELASTIC_WINDOW probes a depth deeper and a node wider.
 ELASTIC_WINDOW = 8
 # A depth past the first is drafted while the last step that drafted it bought a node there, or
 # at least this share of the last ELASTIC_WINDOW steps that drafted it did: the budget buys a
