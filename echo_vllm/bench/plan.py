@@ -23,11 +23,11 @@ TABLES = ("latency", "throughput")
 STATIC_TREE = {"steps": 5, "topk": 8, "num_draft_tokens": 32}
 # vLLM Dynamic SD's (first batch size, last batch size, eagle3 chain length) ranges: the best
 # hand table found for SmolLM2-135M and the committed head on the 2-core AMD EPYC (AVX2) this
-# project measures on since 2026-12-07: eagle3 K=1 is the best chain at one request (Table 1,
-# docs/results/elastic-depth/table1: K=1 1.05, 1.02, 1.18x no speculation on MT-Bench,
-# HumanEval, GSM8K-style, K=2 1.09, 0.94, 1.15x; served, docs/results/changing-load-per-depth:
-# K=1 1.18 and 1.14x, K=2 1.14 and 1.19x), and from 4 requests on no speculation is best (K=1
-# 0.97x at 4 served, 0.90x at 8 offline).
+# project measures on since 2026-12-07. At one request eagle3 K=1 is the better chain on two
+# sets of three and on average (Table 1, docs/results/elastic-depth/table1: K=1 1.05, 1.02,
+# 1.18x no speculation on MT-Bench, HumanEval, GSM8K-style, K=2 1.09, 0.94, 1.15x; served,
+# docs/results/changing-load-per-depth: K=1 1.18 and 1.14x, K=2 1.14 and 1.19x), and from 4
+# requests on no speculation is best (K=1 0.97x at 4 served, 0.90x at 8 offline).
 DYNAMIC_SD_TABLE = ((1, 2, 1), (3, 1024, 0))
 
 
