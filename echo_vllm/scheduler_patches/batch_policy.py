@@ -315,7 +315,7 @@ class BatchPolicy:
             return steps, topk
         if budget != "auto":
             steps, topk = min(steps, budget), min(topk, budget)
-        if not self.recent_bought_widths:
+        if not self.num_bought_steps:  # nothing bought yet: the whole shape
             return steps, topk
         depths = 1  # a budget that bought nothing still leaves one depth-1 draft to value
         while depths < steps and self._depth_kept(depths + 1):
