@@ -46,7 +46,7 @@ def _bench(args: argparse.Namespace) -> None:
     from echo_vllm.bench.online import parse_servers, run_online
     from echo_vllm.bench.plan import build_plan
     from echo_vllm.bench.report import write_outputs
-    from echo_vllm.cost_cache import cpu_name
+    from echo_vllm.cost_cache import cpu_isa, cpu_name
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.render:
@@ -69,8 +69,10 @@ def _bench(args: argparse.Namespace) -> None:
 
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "plan": dict(vars(args)),  # target as given: no local paths
             "command": "echo-vllm " + shlex.join(args.argv), "vllm": vllm.__version__,
-            # the CPU model too: a pass's cost, and so what speculation buys, changes with it
-            "machine": f"{platform.machine()} {cpu_name()}, {os.cpu_count()} CPUs, {platform.platform()}"}
+            # the CPU model and its vector extensions too: a pass's cost, and so what
+            # speculation buys, changes with them
+            "machine": f"{platform.machine()} {cpu_name()} ({cpu_isa()}), {os.cpu_count()} CPUs, "
+                       f"{platform.platform()}"}
     for key in ("run", "argv"):
         meta["plan"].pop(key)
     previous = _previous_results(args, meta)

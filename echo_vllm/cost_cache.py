@@ -2,10 +2,11 @@
 
 Measuring it takes seconds to minutes at every start (`EchoRunnerMixin.measure_target_cost`),
 and its result depends only on what the key names: the model (path and a fingerprint of its
-config), dtype, the machine (CPU model or GPU name, cores and threads), the vLLM version,
-tensor parallelism, eager mode and the pass sizes measured. A second start with the same key
-reads it from `$ECHO_VLLM_CACHE/cost_models/<hash of the key>.json`; delete the file to measure
-again. The online refinement (`CostModel.observe`) corrects the scale as traffic runs.
+config), dtype, the machine (GPU name, or CPU model and vector extensions; cores and threads),
+the vLLM version, tensor parallelism, eager mode and the pass sizes measured. A second start
+with the same key reads it from `$ECHO_VLLM_CACHE/cost_models/<hash of the key>.json`; delete
+the file to measure again. The online refinement (`CostModel.observe`) corrects the scale as
+traffic runs.
 """
 
 from __future__ import annotations
@@ -21,15 +22,37 @@ from echo_vllm.assets.models import cache_dir
 FORMAT = 1  # bump when what is measured changes
 
 
-def cpu_name() -> str:
-    """The CPU's model string ("AMD EPYC 7B13"), or the architecture where none is readable."""
+# The vector extensions that choose vLLM's CPU kernels and torch's: two machines that both call
+# themselves "AMD EPYC", one with AVX-512 and one without, ran the same passes at different costs.
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "asimd", "sve", "bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def _cpuinfo_field(*names: str) -> str | None:
+    """The first /proc/cpuinfo line's value whose key is one of `names`, else None."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        for line in CPUINFO.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in names:
+                return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model string ("AMD EPYC 7B13"), or the architecture where none is readable."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_isa() -> str:
+    """The VECTOR_FLAGS this CPU has, in that order ("avx2 avx512f avx512_bf16"); "unknown"
+    where /proc/cpuinfo lists no flags (x86 calls them flags, ARM Features)."""
+    flags = _cpuinfo_field("flags", "Features")
+    if flags is None:
+        return "unknown"
+    present = set(flags.split())
+    return " ".join(flag for flag in VECTOR_FLAGS if flag in present) or "none"
 
 
 def cost_key(**fields) -> dict:

@@ -39,7 +39,7 @@ from vllm.forward_context import set_forward_context
 from vllm.v1.outputs import DraftTokenIds
 
 from echo_vllm.core.budget import CostModel, compute_bound, measurement_sizes
-from echo_vllm.cost_cache import cost_key, cost_path, cpu_name, read_cost, write_cost
+from echo_vllm.cost_cache import cost_key, cost_path, cpu_isa, cpu_name, read_cost, write_cost
 from echo_vllm.core.commit import (
     accepted_moves,
     branching_trees,
@@ -273,7 +273,8 @@ class EchoRunnerMixin:
     def _cost_key(self, sizes: list[int]) -> dict:
         """What the measured times depend on (cost_cache.py)."""
         model_config = self.model_config
-        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_name()
+        device = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                  else f"{cpu_name()} ({cpu_isa()})")
         return cost_key(
             model=model_config.model,
             config_sha256=hashlib.sha256(model_config.hf_config.to_json_string().encode()).hexdigest(),

@@ -25,6 +25,20 @@ def test_a_cost_is_read_back_only_for_its_own_key(cache):
     assert read_cost(path, key) is None
 
 
+@pytest.mark.parametrize("cpuinfo, name, isa", [
+    ("model name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma\n", "AMD EPYC", "avx2"),
+    ("model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512cd avx512_bf16\n", "AMD EPYC", "avx2 avx512f avx512_bf16"),
+    ("processor\t: 0\nFeatures\t: fp asimd sve bf16\n", None, "asimd sve bf16"),
+    ("processor\t: 0\n", None, "unknown"),
+])
+def test_the_machine_is_named_with_its_vector_extensions(tmp_path, monkeypatch, cpuinfo, name, isa):
+    """Two machines named "AMD EPYC", with AVX-512 and without, keep apart in the cache."""
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    monkeypatch.setattr(cost_cache, "CPUINFO", tmp_path / "cpuinfo")
+    assert cost_cache.cpu_isa() == isa
+    assert cost_cache.cpu_name() == (name or cost_cache.platform.processor() or cost_cache.platform.machine())
+
+
 def test_keys_differ_by_what_the_times_depend_on():
     assert cost_path(cost_key(model="/m", dtype="float32")) != cost_path(cost_key(model="/m", dtype="bfloat16"))
     assert cost_key(model="/m")["format"] == cost_cache.FORMAT
