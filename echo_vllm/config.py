@@ -4,7 +4,8 @@ Pure Python (no vLLM import), so every error case is testable in milliseconds an
 raised before vLLM reads a single weight.
 
 Vocabulary (SGLang's, which the seed's tables use):
-  steps                        maximum draft depth D
+  steps                        maximum draft depth D (echo with a budget: the depth its trees
+                               start at; they may grow to num_draft_tokens - 1 where bought)
   topk                         children per frontier node, and frontier width, K
   num_draft_tokens             verified nodes per request, the root (last committed token)
                                included, so a request verifies num_draft_tokens - 1 drafts
@@ -88,6 +89,15 @@ class EchoConfig:
     def max_draft_tokens(self) -> int:
         """Draft tokens verified per request per step (the root excluded)."""
         return self.num_draft_tokens - 1
+
+    @property
+    def max_depth(self) -> int:
+        """The deepest a tree may grow: `steps`, but for echo spending a budget, which spends
+        depth first: its trees start `steps` deep and may grow, where the budget buys the
+        deeper nodes, to a chain of every draft (`num_draft_tokens - 1`, at most MAX_STEPS)."""
+        if self.policy == "echo" and self.budget is not None:
+            return max(self.steps, min(self.max_draft_tokens, MAX_STEPS))
+        return self.steps
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form; `parse_echo_config(cfg.to_dict())` gives `cfg` back."""

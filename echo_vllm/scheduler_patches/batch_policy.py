@@ -64,7 +64,7 @@ class StepPlan:
     """What one step drafts."""
 
     draft: bool  # False: the step drafts nothing (it writes only its rows' draft KV)
-    depths: int  # draft depths to grow (elastic depth: may be fewer than `steps`)
+    depths: int  # draft depths to grow (elastic depth: from 1 to `max_depth`)
     width: int  # frontier nodes per depth and children per node (elastic width: may be below `topk`)
     gate: GrowthPolicy  # the per-request gate
     recording: bool  # calibrating: record gate statistics, whole trees, no budget
@@ -113,7 +113,7 @@ class BatchPolicy:
         # processing (the time between two drafting calls, less the drafting and the target
         # pass between them).
         self.step_overhead = LinearCost()
-        self.acceptance_curve = AcceptanceCurve(config.num_draft_tokens - 1, config.steps)
+        self.acceptance_curve = AcceptanceCurve(config.num_draft_tokens - 1, config.max_depth)
         self.last_pass_seconds: float | None = None
         self.last_budget: int | None = None
         # what drafted and undrafted steps really gave, and the steps that take the choice
@@ -131,9 +131,10 @@ class BatchPolicy:
         # depth of one request in recent steps, so a tight budget stops paying for drafts it
         # never verifies (a budget that buys one path drafts a chain, at a chain's cost). One
         # step in ELASTIC_WINDOW drafts a depth deeper and a node wider (a probe), so an ample
-        # budget can show it would buy more, and trees grow back to `steps` deep and `topk` wide.
+        # budget can show it would buy more: trees grow back to `topk` wide, and from `steps`
+        # deep (where they start) to `max_depth`.
         self.bought_where_drafted: dict[int, deque[bool]] = {
-            depth: deque(maxlen=ELASTIC_WINDOW) for depth in range(2, config.steps + 1)}
+            depth: deque(maxlen=ELASTIC_WINDOW) for depth in range(2, config.max_depth + 1)}
         self.recent_bought_widths: deque[int] = deque(maxlen=ELASTIC_WINDOW)
         self.num_bought_steps = 0
         self._verified_since_decision = (0.0, 0)  # predicted, accepted drafts
@@ -246,7 +247,7 @@ class BatchPolicy:
     def observe_acceptance(self, verified: dict[str, tuple[list[float], int]]) -> None:
         """One verification of trees echo drafted: per request, the summed path probabilities
         of its verified draft nodes by depth (1, 2, ...) and how many drafts the target accepted."""
-        depths = self.config.steps
+        depths = self.config.max_depth
         predicted_by_depth = [sum(p[d] for p, _ in verified.values() if d < len(p)) for d in range(depths)]
         accepted_by_depth = [sum(a > d for _, a in verified.values()) for d in range(depths)]
         self.acceptance_curve.observe_verified(predicted_by_depth, accepted_by_depth)
@@ -308,26 +309,30 @@ class BatchPolicy:
     def _shape_to_draft(self) -> tuple[int, int]:
         """(depths, width): `steps` and `topk`, or with a budget the depths it kept buying
         (DEPTH_KEPT_SHARE) and the widest level bought lately (at least 1), one more of each
-        on a probe step. A fixed budget of G drafts per step never buys a node deeper, or a
-        level wider, than G."""
-        steps, topk, budget = self.config.steps, self.config.topk, self.config.budget
+        on a probe step: trees start `steps` deep and grow past it by probes, up to
+        `max_depth`. A fixed budget of G drafts per step never buys a node deeper, or a level
+        wider, than G."""
+        steps, max_depth, topk, budget = self.config.steps, self.config.max_depth, self.config.topk, self.config.budget
         if not self.spends_budget():
             return steps, topk
         if budget != "auto":
-            steps, topk = min(steps, budget), min(topk, budget)
-        if not self.num_bought_steps:  # nothing bought yet: the whole shape
+            steps, max_depth, topk = min(steps, budget), min(max_depth, budget), min(topk, budget)
+        if not self.num_bought_steps:  # nothing bought yet: the whole starting shape
             return steps, topk
         depths = 1  # a budget that bought nothing still leaves one depth-1 draft to value
-        while depths < steps and self._depth_kept(depths + 1):
+        while depths < max_depth and self._depth_kept(depths + 1, steps):
             depths += 1
         probe = int(self.num_bought_steps % ELASTIC_WINDOW == 0)
-        return min(steps, depths + probe), min(topk, max(1, *self.recent_bought_widths) + probe)
+        return min(max_depth, depths + probe), min(topk, max(1, *self.recent_bought_widths) + probe)
 
-    def _depth_kept(self, depth: int) -> bool:
+    def _depth_kept(self, depth: int, steps: int) -> bool:
         """Whether the steps that drafted `depth` lately bought a node there often enough to
-        draft it again (always, while none drafted it yet)."""
+        draft it again; while none drafted it yet, whether it is in the starting shape (`steps`
+        deep): a deeper one is drafted first by a probe."""
         record = self.bought_where_drafted[depth]
-        return not record or record[-1] or sum(record) >= DEPTH_KEPT_SHARE * len(record)
+        if not record:
+            return depth <= steps
+        return record[-1] or sum(record) >= DEPTH_KEPT_SHARE * len(record)
 
     def stats(self) -> dict:
         """The policy as it stands (gate, budget, the inputs of its decisions)."""

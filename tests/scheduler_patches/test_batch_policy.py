@@ -176,7 +176,8 @@ def test_elastic_depth_and_width_follow_what_the_budget_bought():
 
 
 def test_a_depth_stays_drafted_while_half_the_steps_drafting_it_buy_there():
-    policy, _ = make_policy({**ECHO_AUTO, "topk": 4, "num_draft_tokens": 9})
+    # 3 drafts a request: trees never grow past 3 deep, so a probe adds no depth here
+    policy, _ = make_policy({**ECHO_AUTO, "topk": 4, "num_draft_tokens": 4})
     for _ in range(4):
         policy.bought(3, deepest=3, widest=3)
     assert (policy.decide(["a"]).depths, policy.decide(["a"]).width) == (3, 3)
@@ -187,6 +188,41 @@ def test_a_depth_stays_drafted_while_half_the_steps_drafting_it_buy_there():
     plan = policy.decide(["a"])
     # (no probe; the width is still the widest level bought in the last 8 steps)
     assert policy.num_bought_steps % 8 != 0 and (plan.depths, plan.width) == (2, 3)
+
+
+def test_trees_grow_past_their_starting_depth_by_probes_up_to_a_chain_of_every_draft():
+    # trees start 3 deep; 5 drafts a request: a budget spending depth first may reach 5
+    policy, _ = make_policy({**ECHO_AUTO, "num_draft_tokens": 6})
+    assert policy.config.max_depth == 5
+    assert (policy.decide(["a"]).depths, policy.decide(["a"]).width) == (3, 2)  # nothing bought yet
+    for _ in range(7):  # a path bought 3 deep: depth 4 was never drafted, so it waits for a probe
+        policy.bought(3, deepest=3, widest=1)
+    assert (policy.decide(["a"]).depths, policy.decide(["a"]).width) == (3, 1)
+    policy.bought(3, deepest=3, widest=1)  # the 8th: a probe drafts 4 deep
+    assert (policy.decide(["a"]).depths, policy.decide(["a"]).width) == (4, 2)
+    policy.bought(4, deepest=4, widest=1)  # the probe's budget bought depth 4: kept
+    assert policy.decide(["a"]).depths == 4
+    for _ in range(7):
+        policy.bought(4, deepest=4, widest=1)
+    assert policy.decide(["a"]).depths == 5  # the next probe
+    policy.bought(5, deepest=5, widest=1)
+    assert policy.decide(["a"]).depths == 5
+    for _ in range(7):  # a probe at the deepest a tree may grow adds no depth
+        policy.bought(5, deepest=5, widest=1)
+    assert policy.num_bought_steps % 8 == 0 and policy.decide(["a"]).depths == 5
+    policy.bought(5, deepest=4, widest=1)  # depth 5 not bought: still drafted (last 8: 7 of 8 bought)
+    assert policy.decide(["a"]).depths == 5
+
+
+def test_only_echo_spending_a_budget_grows_past_steps():
+    def max_depth(**options):
+        return parse_echo_config({**ECHO_AUTO, "num_draft_tokens": 6, **options}).max_depth
+    assert max_depth() == 5  # echo, budget auto
+    assert max_depth(budget=2) == 5  # a fixed budget: capped by the budget when drafting
+    assert max_depth(num_draft_tokens=3) == 3  # never shallower than steps
+    static = parse_echo_config({"method": "echo", "model": "head", "policy": "static", "steps": 3, "topk": 1,
+                                "num_draft_tokens": 4})
+    assert static.max_depth == 3
 
 
 def test_a_fixed_budget_never_drafts_deeper_or_wider_than_it_buys():
