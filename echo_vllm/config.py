@@ -9,6 +9,8 @@ Vocabulary (SGLang's, which the seed's tables use):
   topk                         children per frontier node, and frontier width, K
   num_draft_tokens             verified nodes per request, the root (last committed token)
                                included, so a request verifies num_draft_tokens - 1 drafts
+                               (at most what the tree `steps` deep holds, but for echo with a
+                               budget, whose trees grow deeper)
   judge_depth / threshold      sparse confidence gate: after drafting depth d, a request whose
                                confidence is below the threshold stops growing ...
   remaining_num_draft_tokens   ... and is cut to this many verified nodes (root included)
@@ -195,7 +197,9 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
     if options.get("calibration_file") is not None:
         options = _with_calibration(options)
     policy = _choice(options, "policy", "static" if options.get("steps") == 1 else "echo", POLICIES)
-    steps, topk, num_draft_tokens = _tree_shape(options, SEED_TREE if policy == "echo" else STATIC_TREE)
+    # echo spending a budget grows its trees past `steps` (EchoConfig.max_depth)
+    grows = policy == "echo" and options.get("budget", "auto") is not None
+    steps, topk, num_draft_tokens = _tree_shape(options, SEED_TREE if policy == "echo" else STATIC_TREE, grows)
     judge_depth, threshold, remaining = _gate(options, policy, steps, num_draft_tokens)
     return EchoConfig(
         model=_path(options, "model", required=True),
@@ -235,11 +239,14 @@ def _checked_keys(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _tree_shape(options: Mapping[str, Any], default_tree: Mapping[str, int]) -> tuple[int, int, int]:
-    """(steps, topk, num_draft_tokens), the draft count checked against what the tree can hold."""
+def _tree_shape(options: Mapping[str, Any], default_tree: Mapping[str, int], grows: bool) -> tuple[int, int, int]:
+    """(steps, topk, num_draft_tokens), the draft count checked against what the tree can hold:
+    the tree `steps` deep, or, for trees that grow past it (`grows`), any count. The default
+    count fits the tree `steps` deep."""
     steps = _int(options, "steps", default_tree["steps"], 1, MAX_STEPS)
     topk = _int(options, "topk", default_tree["topk"], 1, MAX_TOPK)
-    max_nodes = 1 + min(pool_size(steps, topk), MAX_DRAFT_TOKENS)
+    start_nodes = 1 + min(pool_size(steps, topk), MAX_DRAFT_TOKENS)
+    max_nodes = 1 + MAX_DRAFT_TOKENS if grows else start_nodes
     if options.get("num_draft_tokens") is not None:
         # Checked against the tree shape first: that is the mistake users make.
         _int(options, "num_draft_tokens", None, 2, 1 + MAX_DRAFT_TOKENS)
@@ -249,7 +256,7 @@ def _tree_shape(options: Mapping[str, Any], default_tree: Mapping[str, int]) -> 
                 f"tree with steps = {steps} and topk = {topk} can produce: at most {max_nodes} "
                 f"nodes (the root plus {max_nodes - 1} drafts)"
             )
-    num_draft_tokens = _int(options, "num_draft_tokens", min(max_nodes, DEFAULT_NUM_DRAFT_TOKENS), 2, max_nodes)
+    num_draft_tokens = _int(options, "num_draft_tokens", min(start_nodes, DEFAULT_NUM_DRAFT_TOKENS), 2, max_nodes)
     return steps, topk, num_draft_tokens
 
 

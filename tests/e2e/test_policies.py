@@ -1,5 +1,5 @@
 """Every tree policy (static, ddd, opt_tree, echo with a fixed budget over trees and over
-chains, and with an automatic budget) keeps
+chains, chains that grow past their starting depth, and with an automatic budget) keeps
 greedy output token-identical to decoding without speculation, at batch sizes 32 and 1,
 while really stopping requests early and spending the budget it is given.
 
@@ -30,6 +30,9 @@ POLICIES = {
     # a one-node-wide pool: chains, selected as such (core.tree.chain_tree)
     "echo-budget-chain": {"topk": 1, "num_draft_tokens": 4, "judge_depth": 1, "threshold": 0.04,
                           "remaining_num_draft_tokens": 2, "budget": CHAIN_BUDGET},
+    # chains that start 2 deep and, bought whole where the budget is ample, grow to 5 deep
+    "echo-budget-deepening": {"steps": 2, "topk": 1, "num_draft_tokens": 6, "judge_depth": 1, "threshold": 0.04,
+                              "remaining_num_draft_tokens": 2, "budget": CHAIN_BUDGET},
     "echo-auto": {"judge_depth": 2, "threshold": 0.0025, "gate_statistic": "best_path"},
     "echo-online": {"policy": "echo", "calibration_steps": 10},
 }
@@ -41,14 +44,16 @@ def reference(tiny_target):
 
 
 def record_draft_totals(wrapper):
-    """Test instrumentation: the total drafts of every step, on the drafter."""
+    """Test instrumentation: the total drafts of every step and its deepest draft, on the drafter."""
     drafter = wrapper.model_runner.drafter
     original = type(drafter).propose
     drafter.draft_totals = []
+    drafter.deepest_drafts = []
 
     def propose(self, *args, **kwargs):
         result = original(self, *args, **kwargs)
         self.draft_totals.append(sum(len(d) for d in result.drafts))
+        self.deepest_drafts.append(0 if result.trees is None else int(result.trees.tree.depths.max()))
         return result
 
     drafter.propose = propose.__get__(drafter)
@@ -72,7 +77,8 @@ def policy_llm(request, tiny_target, tiny_head, reference):
 def drafter_state(llm):
     (state,) = llm.collective_rpc(lambda wrapper: (
         wrapper.model_runner.echo_counters.num_gate_checks, wrapper.model_runner.echo_counters.num_gate_stops,
-        wrapper.model_runner.drafter.draft_totals, wrapper.model_runner.echo_policy.cost_model is not None,
+        wrapper.model_runner.drafter.draft_totals, wrapper.model_runner.drafter.deepest_drafts,
+        wrapper.model_runner.echo_policy.cost_model is not None,
         wrapper.model_runner.echo_policy.last_budget, wrapper.model_runner.echo_calibration.online_steps is not None,
         wrapper.model_runner.echo_policy.gate.check_depths))
     return state
@@ -86,7 +92,7 @@ def test_policy_is_lossless_and_really_acts(policy_llm, reference, batch_size):
     for start in range(0, len(prompts), batch_size):
         out += token_ids(llm.generate(prompts[start:start + batch_size], GREEDY, use_tqdm=False))
     assert out == reference[: len(prompts)]
-    checks, stops, totals, has_cost_model, last_budget, calibrating, gate = drafter_state(llm)
+    checks, stops, totals, deepest, has_cost_model, last_budget, calibrating, gate = drafter_state(llm)
     if name == "echo-online":
         assert not calibrating and len(gate) == 1, gate  # the gate was calibrated and switched on
     else:
@@ -94,5 +100,7 @@ def test_policy_is_lossless_and_really_acts(policy_llm, reference, batch_size):
     if name in ("echo-budget", "echo-budget-chain"):
         budget = BUDGET if name == "echo-budget" else CHAIN_BUDGET
         assert max(totals) == budget, max(totals)
+    if name == "echo-budget-deepening":  # past the 2 it starts at; by the second run, a chain of every draft
+        assert max(deepest) == 5 if batch_size == 1 else max(deepest) > 2, max(deepest)
     if name in ("echo-auto", "echo-online"):
         assert has_cost_model and isinstance(last_budget, int)

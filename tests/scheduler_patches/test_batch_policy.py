@@ -220,6 +220,8 @@ def test_only_echo_spending_a_budget_grows_past_steps():
     assert max_depth() == 5  # echo, budget auto
     assert max_depth(budget=2) == 5  # a fixed budget: capped by the budget when drafting
     assert max_depth(num_draft_tokens=3) == 3  # never shallower than steps
+    # chains that start 2 deep may hold 5 drafts: they grow to 5 deep
+    assert max_depth(steps=2, topk=1) == 5
     static = parse_echo_config({"method": "echo", "model": "head", "policy": "static", "steps": 3, "topk": 1,
                                 "num_draft_tokens": 4})
     assert static.max_depth == 3
