@@ -197,8 +197,9 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
     if options.get("calibration_file") is not None:
         options = _with_calibration(options)
     policy = _choice(options, "policy", "static" if options.get("steps") == 1 else "echo", POLICIES)
+    budget = _budget(options, "auto" if policy == "echo" else None)
     # echo spending a budget grows its trees past `steps` (EchoConfig.max_depth)
-    grows = policy == "echo" and options.get("budget", "auto") is not None
+    grows = policy == "echo" and budget is not None
     steps, topk, num_draft_tokens = _tree_shape(options, SEED_TREE if policy == "echo" else STATIC_TREE, grows)
     judge_depth, threshold, remaining = _gate(options, policy, steps, num_draft_tokens)
     return EchoConfig(
@@ -211,7 +212,7 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
         remaining_num_draft_tokens=remaining,
         policy=policy,
         gate_statistic=_choice(options, "gate_statistic", "frontier_sum", STATISTICS),
-        budget=_budget(options, "auto" if policy == "echo" else None),
+        budget=budget,
         calibration_file=_path(options, "calibration_file", required=False),
         calibration_steps=_int(options, "calibration_steps",
                                DEFAULT_CALIBRATION_STEPS if policy == "echo" and not judge_depth else None,

@@ -46,8 +46,9 @@ def cpu_name() -> str:
 
 
 def cpu_isa() -> str:
-    """The VECTOR_FLAGS this CPU has, in that order ("avx2 avx512f avx512_bf16"); "unknown"
-    where /proc/cpuinfo lists no flags (x86 calls them flags, ARM Features)."""
+    """The VECTOR_FLAGS this CPU has, in that order ("avx2 avx512f avx512_bf16"); "none" where
+    it has none of them, "unknown" where /proc/cpuinfo lists no flags (x86 calls them flags,
+    ARM Features)."""
     flags = _cpuinfo_field("flags", "Features")
     if flags is None:
         return "unknown"

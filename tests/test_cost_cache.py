@@ -29,6 +29,7 @@ def test_a_cost_is_read_back_only_for_its_own_key(cache):
     ("model name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma\n", "AMD EPYC", "avx2"),
     ("model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512cd avx512_bf16\n", "AMD EPYC", "avx2 avx512f avx512_bf16"),
     ("processor\t: 0\nFeatures\t: fp asimd sve bf16\n", None, "asimd sve bf16"),
+    ("processor\t: 0\nflags\t\t: fpu sse\n", None, "none"),
     ("processor\t: 0\n", None, "unknown"),
 ])
 def test_the_machine_is_named_with_its_vector_extensions(tmp_path, monkeypatch, cpuinfo, name, isa):
