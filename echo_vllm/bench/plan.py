@@ -27,7 +27,10 @@ STATIC_TREE = {"steps": 5, "topk": 8, "num_draft_tokens": 32}
 # sets of three and on average (Table 1, docs/results/elastic-depth/table1: K=1 1.05, 1.02,
 # 1.18x no speculation on MT-Bench, HumanEval, GSM8K-style, K=2 1.09, 0.94, 1.15x; served,
 # docs/results/changing-load-per-depth: K=1 1.18 and 1.14x, K=2 1.14 and 1.19x), and from 4
-# requests on no speculation is best (K=1 0.97x at 4 served, 0.90x at 8 offline).
+# requests on no speculation is best (K=1 0.97x at 4 served, 0.90x at 8 offline). On an AVX-512
+# EPYC, where a pass over 3-6 tokens costs less than one over 1-2, the best chain at one request
+# is K=2 or K=3 (docs/results/avx512/table1: K=1 1.07, 0.93, 1.09x, K=2 1.43, 1.16, 1.42x, K=3
+# 1.45, 1.14, 1.49x): pass --dynamic-sd-table '[[1,2,3],[3,1024,0]]' there.
 DYNAMIC_SD_TABLE = ((1, 2, 1), (3, 1024, 0))
 
 
