@@ -97,7 +97,7 @@ class EchoConfig:
         """The deepest a tree may grow: `steps`, but for echo spending a budget, which spends
         depth first: its trees start `steps` deep and may grow, where the budget buys the
         deeper nodes, to a chain of every draft (`num_draft_tokens - 1`, at most MAX_STEPS)."""
-        if self.policy == "echo" and self.budget is not None:
+        if _grows_past_steps(self.policy, self.budget):
             return max(self.steps, min(self.max_draft_tokens, MAX_STEPS))
         return self.steps
 
@@ -167,6 +167,12 @@ def _choice(options: Mapping[str, Any], key: str, default: str, choices: tuple[s
     return value
 
 
+def _grows_past_steps(policy: str, budget: int | str | None) -> bool:
+    """Whether trees may grow past `steps` (EchoConfig.max_depth): echo spending a budget,
+    which spends depth first."""
+    return policy == "echo" and budget is not None
+
+
 def _budget(options: Mapping[str, Any], default: str | None) -> int | str | None:
     value = options.get("budget", default)
     if value is None or value == "auto":
@@ -198,9 +204,8 @@ def parse_echo_config(options: Mapping[str, Any]) -> EchoConfig:
         options = _with_calibration(options)
     policy = _choice(options, "policy", "static" if options.get("steps") == 1 else "echo", POLICIES)
     budget = _budget(options, "auto" if policy == "echo" else None)
-    # echo spending a budget grows its trees past `steps` (EchoConfig.max_depth)
-    grows = policy == "echo" and budget is not None
-    steps, topk, num_draft_tokens = _tree_shape(options, SEED_TREE if policy == "echo" else STATIC_TREE, grows)
+    steps, topk, num_draft_tokens = _tree_shape(options, SEED_TREE if policy == "echo" else STATIC_TREE,
+                                                _grows_past_steps(policy, budget))
     judge_depth, threshold, remaining = _gate(options, policy, steps, num_draft_tokens)
     return EchoConfig(
         model=_path(options, "model", required=True),

@@ -246,7 +246,7 @@ class EchoProposer(EagleProposer):
         caps [B] (host): draft tokens each request may verify; requests capped at 0 never grow.
         """
         batch = root_hidden.shape[0]
-        depth_of = pool_depths(self.echo_config.max_depth, plan.width, root_hidden.device)
+        depth_of = pool_depths(plan.depths, plan.width, root_hidden.device)  # the pool grows no deeper
         frontier, pool = root_frontier(*self._topk_children(root_logits_hidden, plan.width))
         statistics = []  # per depth [B, S], when recording (the gate is off then)
         if plan.depths > 1:
