@@ -311,13 +311,15 @@ class EchoRunnerMixin:
             self._echo_pass_start = (self._echo_clock(), int(kwargs["positions"].shape[-1]))
         return super()._model_forward(*args, **kwargs)
 
-    def _observe_target_pass(self) -> None:
+    def _observe_target_pass(self, branching_trees: int) -> None:
         """Refine the cost model with the pass that just finished, sampling or verification
-        included, once the device has finished it."""
+        included, once the device has finished it; `branching_trees` of its draft trees
+        branched (their rows took the tree attention path)."""
         if self._echo_pass_start is not None:
             start, tokens = self._echo_pass_start
             self._echo_pass_start = None
-            self.echo_policy.observe_pass(tokens, self._echo_clock() - start)
+            self.echo_policy.observe_pass(tokens, self._echo_clock() - start, self.input_batch.num_reqs,
+                                          branching_trees)
 
     # ---- verification -----------------------------------------------------------------
 
@@ -328,7 +330,7 @@ class EchoRunnerMixin:
             # for every step; its rejection sampler would copy the logits only to sample
             # the same tokens.)
             output = super()._sample(logits, None)
-            self._observe_target_pass()
+            self._observe_target_pass(branching_trees=0)
             return output
         self._echo_step = None
         tokens, parents, num_nodes = flatten_trees(
@@ -353,7 +355,7 @@ class EchoRunnerMixin:
             move_kv(self._echo_kv_layout, self._target_kv_caches(), slots[:, 0], slots[:, 1])
             src_rows, dst_rows = moved_rows(step.root_rows, tree, src, dst)
             self._echo_row_moves = (src_rows.to(self.device), dst_rows.to(self.device))
-        self._observe_target_pass()
+        self._observe_target_pass(branching_trees=0 if step.attention is None else step.attention.token_rows.shape[0])
         return output
 
     def _observe_acceptance(self, step: TreeStep, verdicts: list[Verdict]) -> None:

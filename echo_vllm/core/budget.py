@@ -334,6 +334,67 @@ class LinearCost:
         return max(mean_y + slope * (x - mean_x), 0.0)
 
 
+def branching_requests(node_requests: torch.Tensor, node_depths: torch.Tensor) -> torch.Tensor:
+    """[L + 1]: for G = 0..L, how many requests the first G nodes of an allocation order
+    give a tree that branches (two nodes at one depth). node_requests, node_depths [L]: each
+    node's request and depth, in that order.
+
+    Worked example: requests [0, 0, 1, 0, 1, 1], depths [1, 2, 1, 1, 2, 2] -> request 0
+    branches at its second depth-1 node, request 1 at its second depth-2 node:
+    [0, 0, 0, 0, 1, 1, 2].
+    """
+    requests, depths = node_requests.long().cpu(), node_depths.long().cpu()
+    if requests.numel() == 0:
+        return torch.zeros(1, dtype=torch.int64)
+    repeats = _seen_before(requests * (int(depths.max()) + 1) + depths)  # a (request, depth) bought again
+    # each request's first repeat: requests among the repeats, other entries never equal
+    first_repeat = repeats & ~_seen_before(torch.where(repeats, requests, -1 - torch.arange(len(requests))))
+    return torch.cat([torch.zeros(1, dtype=torch.int64), first_repeat.long().cumsum(0)])
+
+
+def _seen_before(keys: torch.Tensor) -> torch.Tensor:
+    """[L] bool: whether an earlier entry of `keys` [L] holds the same key."""
+    sorted_keys, order = torch.sort(keys, stable=True)
+    seen_sorted = torch.zeros(len(keys), dtype=torch.bool)
+    seen_sorted[1:] = sorted_keys[1:] == sorted_keys[:-1]
+    seen = torch.empty_like(seen_sorted)
+    seen[order] = seen_sorted
+    return seen
+
+
+class BranchingCost:
+    """Seconds a target pass spends per draft tree that branches, beyond what the cost model
+    predicts for its tokens, fit online through the origin by exponentially weighted least
+    squares over the passes that verify such trees.
+
+    Why: the attention backends take chains as they are (a chain is causal), but a branching
+    tree's rows take echo's tree attention in every target layer. Where that costs more than
+    the causal kernel, a sibling must buy enough to pay for it. On the 2-core CPU, echo's
+    torch tree attention takes ~0.15 ms a layer against ~0.05 ms for vLLM's kernel on the
+    same rows (benchmarks/cpu_tree_attention.py): ~3 ms a pass of the 30-layer target at
+    batch size 1, a twentieth of the step. Measured rather than assumed, the surcharge is
+    whatever the device's tree attention costs (near nothing where a kernel takes the masks).
+
+    Worked example: passes with 1 and 2 branching trees left 3 ms and 5 ms over the cost
+    model (no decay) -> (1 * 3 + 2 * 5) / (1 + 4) = 2.6 ms per tree.
+    """
+
+    def __init__(self, decay: float = 0.95):
+        self.decay = decay
+        self.sums = (0.0, 0.0)  # trees squared, trees times residual seconds (decayed)
+
+    def observe(self, trees: int, residual_seconds: float) -> None:
+        """A pass with `trees` branching trees took `residual_seconds` more than the cost model's."""
+        if trees:
+            squares, products = self.sums
+            self.sums = (self.decay * squares + trees * trees, self.decay * products + trees * residual_seconds)
+
+    def __call__(self) -> float:
+        """Seconds per branching tree (never negative; 0 before any was observed)."""
+        squares, products = self.sums
+        return max(products / squares, 0.0) if squares else 0.0
+
+
 def speculation_pays(num_requests: int, curve: AcceptanceCurve, cost: CostModel, draft_seconds: float,
                      step_overhead_s: float = 0.0) -> bool:
     """Whether drafting a step of num_requests requests is expected to beat a plain step.

@@ -25,10 +25,12 @@ import torch
 from echo_vllm.config import EchoConfig
 from echo_vllm.core.budget import (
     AcceptanceCurve,
+    BranchingCost,
     CostModel,
     Exploration,
     LinearCost,
     MeasuredGoodput,
+    branching_requests,
     goodput_budget,
     speculation_pays,
 )
@@ -113,6 +115,9 @@ class BatchPolicy:
         # processing (the time between two drafting calls, less the drafting and the target
         # pass between them).
         self.step_overhead = LinearCost()
+        # What a branching tree adds to a target pass, by batch-size class: its rows take the
+        # tree attention path where a chain's take the causal kernel (core.budget.BranchingCost)
+        self.branching_costs: dict[int, BranchingCost] = {}
         self.acceptance_curve = AcceptanceCurve(config.num_draft_tokens - 1, config.max_depth)
         self.last_pass_seconds: float | None = None
         self.last_budget: int | None = None
@@ -166,6 +171,12 @@ class BatchPolicy:
         by_depth = torch.tensor([depth_cost(d) for d in range(int(deepest[-1]) + 1)], dtype=torch.float64)
         return by_depth[deepest]
 
+    def branching_seconds(self, batch: int) -> float:
+        """Expected seconds a branching tree adds to a target pass of `batch` requests (0 before
+        a pass of this batch-size class verified one)."""
+        cost = self.branching_costs.get(batch.bit_length())
+        return 0.0 if cost is None else cost()
+
     def step_seconds_besides_drafting(self, batch: int) -> float:
         """Expected seconds of a step of `batch` requests outside the target pass and drafting."""
         return self.step_overhead(batch) or 0.0
@@ -205,10 +216,11 @@ class BatchPolicy:
         self._last_call = _DraftingCall(self._called, now - self._called, frozenset(req_ids), plan.draft)
 
     def budget(self, plan: StepPlan, node_values: torch.Tensor | None, node_depths: torch.Tensor | None,
-               batch: int) -> int | None:
+               node_requests: torch.Tensor | None, batch: int) -> int | None:
         """Draft tokens the batch verifies (None: every node the requests' caps allow).
-        node_values, node_depths [M]: the pool nodes' path probabilities and draft depths, in
-        allocation order (the auto budget's inputs; None for a fixed budget)."""
+        node_values, node_depths, node_requests [M]: the pool nodes' path probabilities, draft
+        depths and requests (batch rows), in allocation order (the auto budget's inputs; None
+        for a fixed budget)."""
         budget = self.config.budget
         if budget == "auto":
             values = self.acceptance_curve.calibrated(node_values, node_depths)
@@ -217,7 +229,8 @@ class BatchPolicy:
             # no cost model yet (start-up passes): every node the caps allow
             budget = None if self.cost_model is None else goodput_budget(
                 values, batch, self.cost_model,
-                self.drafting_seconds(batch, node_depths) + self.step_seconds_besides_drafting(batch))
+                self.drafting_seconds(batch, node_depths) + self.step_seconds_besides_drafting(batch)
+                + self.branching_seconds(batch) * branching_requests(node_requests, node_depths))
             if budget is not None and plan.exploring:
                 budget = max(budget, batch)  # measure at least one draft per request
             (shared,) = self.share([-1 if budget is None else budget])
@@ -238,11 +251,23 @@ class BatchPolicy:
 
     # ---- what it learns ---------------------------------------------------------------
 
-    def observe_pass(self, tokens: int, seconds: float) -> None:
-        """A target pass over `tokens` tokens took `seconds`, sampling included."""
-        if self.cost_model is not None:
-            self.cost_model.observe(tokens, seconds)
-            self.last_pass_seconds = seconds
+    def observe_pass(self, tokens: int, seconds: float, batch: int, branching_trees: int) -> None:
+        """A target pass over `tokens` tokens of `batch` requests, `branching_trees` of whose
+        draft trees branch, took `seconds`, sampling included. What the cost model does not
+        predict of a pass with branching trees is put on them (BranchingCost); the cost model
+        is refined with the rest."""
+        if self.cost_model is None:
+            return
+        self.last_pass_seconds = seconds
+        branching = 0.0
+        if branching_trees:
+            batch_class = batch.bit_length()
+            if batch_class not in self.branching_costs:  # not setdefault: that would build one every pass
+                self.branching_costs[batch_class] = BranchingCost()
+            cost = self.branching_costs[batch_class]
+            cost.observe(branching_trees, seconds - float(self.cost_model(torch.tensor(tokens))))
+            branching = branching_trees * cost()
+        self.cost_model.observe(tokens, seconds - branching)
 
     def observe_acceptance(self, verified: dict[str, tuple[list[float], int]]) -> None:
         """One verification of trees echo drafted: per request, the summed path probabilities
@@ -349,6 +374,8 @@ class BatchPolicy:
                 "accepted_per_request": curve.gains_per_request.tolist()},
             "accepted_per_predicted_by_depth": curve.scales.tolist(),
             "cost_model": None if self.cost_model is None else self.cost_model.to_dict(),
+            # by the batch-size class's smallest batch
+            "branching_tree_seconds": {1 << (c - 1): cost() for c, cost in sorted(self.branching_costs.items())},
         }
 
 

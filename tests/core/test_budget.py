@@ -8,12 +8,14 @@ import torch
 from echo_vllm.core.budget import (
     compute_bound,
     AcceptanceCurve,
+    BranchingCost,
     CostModel,
     Exploration,
     MeasuredGoodput,
     LinearCost,
     allocate,
     allocation_order,
+    branching_requests,
     chain_allocation_order,
     goodput_budget,
     measurement_sizes,
@@ -182,6 +184,27 @@ def test_goodput_budget_worked_example_and_load():
     # the first -> goodput [2, 2.9, 3.4 / 1.1 = 3.09, 3.5 / 1.2 = 2.92] -> G = 2
     by_budget = torch.tensor([0.0, 0.0, 0.1, 0.2], dtype=torch.float64)
     assert goodput_budget(torch.tensor([0.9, 0.5, 0.1]), 2, flat, overhead_s=by_budget) == 2
+
+
+def test_branching_requests_counts_each_request_once_from_its_first_sibling():
+    requests, depths = torch.tensor([0, 0, 1, 0, 1, 1]), torch.tensor([1, 2, 1, 1, 2, 2])
+    assert branching_requests(requests, depths).tolist() == [0, 0, 0, 0, 1, 1, 2]
+    # one request buying three siblings and a deeper node branches once
+    assert branching_requests(torch.zeros(4), torch.tensor([1, 1, 1, 2])).tolist() == [0, 0, 1, 1, 1]
+    assert branching_requests(torch.zeros(0), torch.zeros(0)).tolist() == [0]
+
+
+def test_branching_cost_fits_the_seconds_per_branching_tree():
+    cost = BranchingCost(decay=1.0)
+    assert cost() == 0.0
+    cost.observe(0, 1.0)  # no branching tree: nothing to put on one
+    assert cost() == 0.0
+    cost.observe(1, 0.003)
+    cost.observe(2, 0.005)
+    assert abs(cost() - 0.0026) < 1e-12  # the docstring's worked example
+    faster = BranchingCost()
+    faster.observe(1, -0.001)  # a pass faster than the model: noise, not a discount
+    assert faster() == 0.0
 
 
 def test_acceptance_curve_is_per_request_and_predicts_other_batch_sizes():
