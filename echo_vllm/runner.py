@@ -311,10 +311,10 @@ class EchoRunnerMixin:
             self._echo_pass_start = (self._echo_clock(), int(kwargs["positions"].shape[-1]))
         return super()._model_forward(*args, **kwargs)
 
-    def _observe_target_pass(self, branching_trees: int) -> None:
+    def _observe_target_pass(self, branching_trees: int | None) -> None:
         """Refine the cost model with the pass that just finished, sampling or verification
-        included, once the device has finished it; `branching_trees` of its draft trees
-        branched (their rows took the tree attention path)."""
+        included, once the device has finished it; `branching_trees` of the draft trees it
+        verified branched (their rows took the tree attention path; None: no drafts)."""
         if self._echo_pass_start is not None:
             start, tokens = self._echo_pass_start
             self._echo_pass_start = None
@@ -330,7 +330,7 @@ class EchoRunnerMixin:
             # for every step; its rejection sampler would copy the logits only to sample
             # the same tokens.)
             output = super()._sample(logits, None)
-            self._observe_target_pass(branching_trees=0)
+            self._observe_target_pass(branching_trees=None)
             return output
         self._echo_step = None
         tokens, parents, num_nodes = flatten_trees(

@@ -323,15 +323,23 @@ class LinearCost:
 
     def __call__(self, x: float) -> float | None:
         """Predicted seconds at x (never negative), or None before any observation."""
-        weight, sx, sy, sxx, sxy = self.sums.tolist()
+        weight, sx, sy = self.sums[:3].tolist()
         if weight == 0.0:
             return None
         mean_x, mean_y = sx / weight, sy / weight
-        variance = sxx / weight - mean_x * mean_x
-        slope = (sxy / weight - mean_x * mean_y) / variance if variance > 1e-9 * max(1.0, mean_x * mean_x) else 0.0
+        slope = self.slope()
         if slope <= 0.0:
             return max(mean_y, 0.0)
         return max(mean_y + slope * (x - mean_x), 0.0)
+
+    def slope(self) -> float:
+        """Seconds per unit of x as fit (0 while fewer than two distinct x were seen)."""
+        weight, sx, sy, sxx, sxy = self.sums.tolist()
+        if weight == 0.0:
+            return 0.0
+        mean_x, mean_y = sx / weight, sy / weight
+        variance = sxx / weight - mean_x * mean_x
+        return (sxy / weight - mean_x * mean_y) / variance if variance > 1e-9 * max(1.0, mean_x * mean_x) else 0.0
 
 
 def branching_requests(node_requests: torch.Tensor, node_depths: torch.Tensor) -> torch.Tensor:
@@ -360,39 +368,6 @@ def _seen_before(keys: torch.Tensor) -> torch.Tensor:
     seen = torch.empty_like(seen_sorted)
     seen[order] = seen_sorted
     return seen
-
-
-class BranchingCost:
-    """Seconds a target pass spends per draft tree that branches, beyond what the cost model
-    predicts for its tokens, fit online through the origin by exponentially weighted least
-    squares over the passes that verify such trees.
-
-    Why: the attention backends take chains as they are (a chain is causal), but a branching
-    tree's rows take echo's tree attention in every target layer. Where that costs more than
-    the causal kernel, a sibling must buy enough to pay for it. On the 2-core CPU, echo's
-    torch tree attention takes ~0.15 ms a layer against ~0.05 ms for vLLM's kernel on the
-    same rows (benchmarks/cpu_tree_attention.py): ~3 ms a pass of the 30-layer target at
-    batch size 1, a twentieth of the step. Measured rather than assumed, the surcharge is
-    whatever the device's tree attention costs (near nothing where a kernel takes the masks).
-
-    Worked example: passes with 1 and 2 branching trees left 3 ms and 5 ms over the cost
-    model (no decay) -> (1 * 3 + 2 * 5) / (1 + 4) = 2.6 ms per tree.
-    """
-
-    def __init__(self, decay: float = 0.95):
-        self.decay = decay
-        self.sums = (0.0, 0.0)  # trees squared, trees times residual seconds (decayed)
-
-    def observe(self, trees: int, residual_seconds: float) -> None:
-        """A pass with `trees` branching trees took `residual_seconds` more than the cost model's."""
-        if trees:
-            squares, products = self.sums
-            self.sums = (self.decay * squares + trees * trees, self.decay * products + trees * residual_seconds)
-
-    def __call__(self) -> float:
-        """Seconds per branching tree (never negative; 0 before any was observed)."""
-        squares, products = self.sums
-        return max(products / squares, 0.0) if squares else 0.0
 
 
 def speculation_pays(num_requests: int, curve: AcceptanceCurve, cost: CostModel, draft_seconds: float,

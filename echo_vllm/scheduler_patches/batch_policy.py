@@ -25,7 +25,6 @@ import torch
 from echo_vllm.config import EchoConfig
 from echo_vllm.core.budget import (
     AcceptanceCurve,
-    BranchingCost,
     CostModel,
     Exploration,
     LinearCost,
@@ -115,9 +114,17 @@ class BatchPolicy:
         # processing (the time between two drafting calls, less the drafting and the target
         # pass between them).
         self.step_overhead = LinearCost()
-        # What a branching tree adds to a target pass, by batch-size class: its rows take the
-        # tree attention path where a chain's take the causal kernel (core.budget.BranchingCost)
-        self.branching_costs: dict[int, BranchingCost] = {}
+        # What a draft tree that branches adds to a target pass, by batch-size class: the
+        # attention backends take a chain as it is (a chain is causal), a branching tree's rows
+        # take echo's tree attention in every target layer. Where that costs more than the
+        # causal kernel, a sibling must buy enough to pay for it: on the 2-core CPU echo's torch
+        # tree attention takes ~0.15 ms a layer against ~0.05 ms for vLLM's kernel on the same
+        # rows (benchmarks/cpu_tree_attention.py), ~3 ms a pass of the 30-layer target at batch
+        # size 1. Fit over the passes that verify drafts: what the cost model leaves unexplained
+        # of a pass (its residual) against how many of its trees branch, whose slope is the
+        # seconds per branching tree. Measured, not assumed: it is whatever the device's tree
+        # attention costs, and nothing until both chains and branching trees were verified.
+        self.branching_costs: dict[int, LinearCost] = {}
         self.acceptance_curve = AcceptanceCurve(config.num_draft_tokens - 1, config.max_depth)
         self.last_pass_seconds: float | None = None
         self.last_budget: int | None = None
@@ -175,7 +182,7 @@ class BatchPolicy:
         """Expected seconds a branching tree adds to a target pass of `batch` requests (0 before
         a pass of this batch-size class verified one)."""
         cost = self.branching_costs.get(batch.bit_length())
-        return 0.0 if cost is None else cost()
+        return 0.0 if cost is None else max(cost.slope(), 0.0)
 
     def step_seconds_besides_drafting(self, batch: int) -> float:
         """Expected seconds of a step of `batch` requests outside the target pass and drafting."""
@@ -251,23 +258,22 @@ class BatchPolicy:
 
     # ---- what it learns ---------------------------------------------------------------
 
-    def observe_pass(self, tokens: int, seconds: float, batch: int, branching_trees: int) -> None:
-        """A target pass over `tokens` tokens of `batch` requests, `branching_trees` of whose
-        draft trees branch, took `seconds`, sampling included. What the cost model does not
-        predict of a pass with branching trees is put on them (BranchingCost); the cost model
-        is refined with the rest."""
+    def observe_pass(self, tokens: int, seconds: float, batch: int, branching_trees: int | None) -> None:
+        """A target pass over `tokens` tokens of `batch` requests took `seconds`, sampling
+        included; `branching_trees` of the draft trees it verified branch (None: it verified
+        no drafts). The cost model is refined with what branching did not add."""
         if self.cost_model is None:
             return
         self.last_pass_seconds = seconds
-        branching = 0.0
-        if branching_trees:
+        branching_seconds = 0.0
+        if branching_trees is not None:
             batch_class = batch.bit_length()
             if batch_class not in self.branching_costs:  # not setdefault: that would build one every pass
-                self.branching_costs[batch_class] = BranchingCost()
-            cost = self.branching_costs[batch_class]
-            cost.observe(branching_trees, seconds - float(self.cost_model(torch.tensor(tokens))))
-            branching = branching_trees * cost()
-        self.cost_model.observe(tokens, seconds - branching)
+                self.branching_costs[batch_class] = LinearCost()
+            residual = seconds - float(self.cost_model(torch.tensor(tokens)))
+            self.branching_costs[batch_class].observe(branching_trees, residual)
+            branching_seconds = branching_trees * self.branching_seconds(batch)
+        self.cost_model.observe(tokens, seconds - branching_seconds)
 
     def observe_acceptance(self, verified: dict[str, tuple[list[float], int]]) -> None:
         """One verification of trees echo drafted: per request, the summed path probabilities
@@ -375,7 +381,8 @@ class BatchPolicy:
             "accepted_per_predicted_by_depth": curve.scales.tolist(),
             "cost_model": None if self.cost_model is None else self.cost_model.to_dict(),
             # by the batch-size class's smallest batch
-            "branching_tree_seconds": {1 << (c - 1): cost() for c, cost in sorted(self.branching_costs.items())},
+            "branching_tree_seconds": {1 << (c - 1): self.branching_seconds(1 << (c - 1))
+                                       for c in sorted(self.branching_costs)},
         }
 
 

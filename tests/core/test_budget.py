@@ -8,7 +8,6 @@ import torch
 from echo_vllm.core.budget import (
     compute_bound,
     AcceptanceCurve,
-    BranchingCost,
     CostModel,
     Exploration,
     MeasuredGoodput,
@@ -194,19 +193,6 @@ def test_branching_requests_counts_each_request_once_from_its_first_sibling():
     assert branching_requests(torch.zeros(0), torch.zeros(0)).tolist() == [0]
 
 
-def test_branching_cost_fits_the_seconds_per_branching_tree():
-    cost = BranchingCost(decay=1.0)
-    assert cost() == 0.0
-    cost.observe(0, 1.0)  # no branching tree: nothing to put on one
-    assert cost() == 0.0
-    cost.observe(1, 0.003)
-    cost.observe(2, 0.005)
-    assert abs(cost() - 0.0026) < 1e-12  # the docstring's worked example
-    faster = BranchingCost()
-    faster.observe(1, -0.001)  # a pass faster than the model: noise, not a discount
-    assert faster() == 0.0
-
-
 def test_acceptance_curve_is_per_request_and_predicts_other_batch_sizes():
     curve = AcceptanceCurve(max_drafts_per_request=2)
     # 4 requests, 4 nodes bought in order with values .8 .6 .4 .2: per request, one draft
@@ -236,6 +222,8 @@ def test_linear_cost_fits_a_line_and_a_single_point():
         line.observe(x, 0.005 + 0.001 * x)
     assert abs(line(100) - 0.105) < 1e-9 and abs(line(2) - 0.007) < 1e-9
     assert line(-100) == 0.0
+    assert abs(line.slope() - 0.001) < 1e-9
+    assert fit.slope() == 0.0 and LinearCost().slope() == 0.0  # one x seen, none seen
 
 
 def test_speculation_pays_worked_example():

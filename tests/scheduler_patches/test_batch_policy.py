@@ -258,10 +258,20 @@ def test_a_sibling_pays_for_what_branching_adds_to_the_pass():
     # in allocation order: the most confident path (depths 1, 2), then a sibling at depth 1
     values, depths, requests = torch.tensor([0.9, 0.5, 0.2]), torch.tensor([1, 2, 1]), torch.zeros(3)
     assert policy.budget(plan, values, depths, requests, 1) == 3
-    for _ in range(10):  # passes verifying one branching tree take 4 ms more than the model says
+    for _ in range(10):  # passes verifying one branching tree take 4 ms more than those verifying a chain
+        policy.observe_pass(4, 0.010, 1, branching_trees=0)
         policy.observe_pass(4, 0.014, 1, branching_trees=1)
-    assert abs(policy.branching_seconds(1) - 0.004) < 1e-9
+    assert abs(policy.branching_seconds(1) - 0.004) < 1e-6
     assert policy.branching_seconds(16) == 0.0  # another batch-size class: not measured yet
-    assert abs(float(policy.cost_model(torch.tensor(4))) - 0.010) < 1e-9  # the model keeps the rest
+    assert abs(float(policy.cost_model(torch.tensor(4))) - 0.010) < 1e-4  # the model keeps the chains' cost
     # goodput: the chain 2.4 / .010 = 240; with the sibling 2.6 / .014 = 186
     assert policy.budget(plan, values, depths, requests, 1) == 2
+
+
+def test_branching_costs_nothing_until_chains_were_verified_beside_it():
+    policy, _ = make_policy()
+    policy.cost_model = CostModel([1, 64], [0.010, 0.010])
+    for _ in range(10):  # only branching trees, and passes without drafts: no chain to compare with
+        policy.observe_pass(4, 0.014, 1, branching_trees=1)
+        policy.observe_pass(1, 0.010, 1, branching_trees=None)
+    assert policy.branching_seconds(1) == 0.0
