@@ -41,6 +41,10 @@ from echo_vllm.stats import EchoCounters
 # steps that drafted it decide whether it is drafted next, and one bought step in
 # ELASTIC_WINDOW probes a depth deeper and a node wider.
 ELASTIC_WINDOW = 8
+# Drafted passes of a batch-size class after which, when every one of them verified a tree that
+# branches, the next step of that class drafts chains (width 1): what branching adds to a pass
+# is measured against chains verified beside it (`branching_costs`), so it needs some of each.
+BRANCHING_WINDOW = 2 * ELASTIC_WINDOW
 # A depth past the first is drafted while the last step that drafted it bought a node there, or
 # at least this share of the last ELASTIC_WINDOW steps that drafted it did: the budget buys a
 # deep node only where it pays for that depth's drafting, but every step drafting that depth
@@ -125,6 +129,7 @@ class BatchPolicy:
         # seconds per branching tree. Measured, not assumed: it is whatever the device's tree
         # attention costs, and nothing until both chains and branching trees were verified.
         self.branching_costs: dict[int, LinearCost] = {}
+        self.recent_branching: dict[int, deque[bool]] = {}  # by class: whether each drafted pass branched
         self.acceptance_curve = AcceptanceCurve(config.num_draft_tokens - 1, config.max_depth)
         self.last_pass_seconds: float | None = None
         self.last_budget: int | None = None
@@ -196,7 +201,7 @@ class BatchPolicy:
         self._observe_previous_step(self._called, req_ids)
         self.measured_goodput.set_batch(req_ids)
         draft, exploring = self._speculation_pays(len(req_ids))
-        depths, width = self._shape_to_draft()
+        depths, width = self._shape_to_draft(len(req_ids))
         return StepPlan(draft, depths, width, self.gate, self.recording, self.spends_budget(), exploring)
 
     def grew(self, depths: int, seconds: float) -> None:
@@ -270,8 +275,10 @@ class BatchPolicy:
             batch_class = batch.bit_length()
             if batch_class not in self.branching_costs:  # not setdefault: that would build one every pass
                 self.branching_costs[batch_class] = LinearCost()
+                self.recent_branching[batch_class] = deque(maxlen=BRANCHING_WINDOW)
             residual = seconds - float(self.cost_model(torch.tensor(tokens)))
             self.branching_costs[batch_class].observe(branching_trees, residual)
+            self.recent_branching[batch_class].append(branching_trees > 0)
             branching_seconds = branching_trees * self.branching_seconds(batch)
         self.cost_model.observe(tokens, seconds - branching_seconds)
 
@@ -337,12 +344,13 @@ class BatchPolicy:
         self.counters.num_exploration_steps += explore
         return shared_pays != explore, explore and not shared_pays
 
-    def _shape_to_draft(self) -> tuple[int, int]:
+    def _shape_to_draft(self, batch: int) -> tuple[int, int]:
         """(depths, width): `steps` and `topk`, or with a budget the depths it kept buying
         (DEPTH_KEPT_SHARE) and the widest level bought lately (at least 1), one more of each
         on a probe step: trees start `steps` deep and grow past it by probes, up to
         `max_depth`. A fixed budget of G drafts per step never buys a node deeper, or a level
-        wider, than G."""
+        wider, than G. With the auto budget, chains (width 1) when the last BRANCHING_WINDOW
+        drafted passes at this batch size all verified branching trees."""
         steps, max_depth, topk, budget = self.config.steps, self.config.max_depth, self.config.topk, self.config.budget
         if not self.spends_budget():
             return steps, topk
@@ -354,6 +362,9 @@ class BatchPolicy:
         while depths < max_depth and self._depth_kept(depths + 1, steps):
             depths += 1
         probe = int(self.num_bought_steps % ELASTIC_WINDOW == 0)
+        recent = self.recent_branching.get(batch.bit_length(), ())
+        if budget == "auto" and len(recent) == BRANCHING_WINDOW and all(recent):
+            return min(max_depth, depths + probe), 1
         return min(max_depth, depths + probe), min(topk, max(1, *self.recent_bought_widths) + probe)
 
     def _depth_kept(self, depth: int, steps: int) -> bool:

@@ -8,6 +8,7 @@ import torch
 from echo_vllm.config import parse_echo_config
 from echo_vllm.core.budget import CostModel
 from echo_vllm.scheduler_patches.batch_policy import (
+    BRANCHING_WINDOW,
     EXPLORATION_INTERVAL,
     MIN_DRAFTED_STEPS,
     BatchPolicy,
@@ -268,10 +269,19 @@ def test_a_sibling_pays_for_what_branching_adds_to_the_pass():
     assert policy.budget(plan, values, depths, requests, 1) == 2
 
 
-def test_branching_costs_nothing_until_chains_were_verified_beside_it():
-    policy, _ = make_policy()
+def test_branching_is_measured_against_chains_the_policy_drafts_when_none_were_verified():
+    policy, _ = make_policy({**ECHO_AUTO, "topk": 4, "num_draft_tokens": 9})
     policy.cost_model = CostModel([1, 64], [0.010, 0.010])
-    for _ in range(10):  # only branching trees, and passes without drafts: no chain to compare with
+    policy.bought(3, deepest=3, widest=3)
+    for _ in range(BRANCHING_WINDOW - 1):  # branching trees, and passes without drafts
         policy.observe_pass(4, 0.014, 1, branching_trees=1)
         policy.observe_pass(1, 0.010, 1, branching_trees=None)
-    assert policy.branching_seconds(1) == 0.0
+    assert policy.branching_seconds(1) == 0.0  # no chain to compare with
+    assert policy.decide(["a"]).width == 3
+    policy.observe_pass(4, 0.014, 1, branching_trees=1)
+    # every drafted pass of the window branched: the next step at this batch size drafts chains
+    assert policy.decide(["a"]).width == 1
+    assert policy.decide(["a", "b"]).width == 3  # another batch-size class
+    policy.observe_pass(4, 0.010, 1, branching_trees=0)
+    assert policy.decide(["a"]).width == 3
+    assert abs(policy.branching_seconds(1) - 0.004) < 1e-3
