@@ -21,6 +21,7 @@ COUNTERS = {
     "num_verified_trees": ("echo_verified_trees", "Request trees with drafts verified"),
     "num_verified_drafts": ("echo_verified_draft_tokens", "Draft tokens verified by the target"),
     "num_accepted_drafts": ("echo_accepted_draft_tokens", "Draft tokens the target accepted"),
+    "num_branching_trees": ("echo_branching_trees", "Verified draft trees that branched (not chains)"),
     "budget_sum": ("echo_budget_draft_tokens", "Draft tokens the global budget allowed, summed over budgeted steps"),
     "num_budgeted_steps": ("echo_budgeted_steps", "Steps a global budget limited"),
     "nodes_bought": ("echo_budget_nodes_bought", "Tree nodes the global budget bought"),

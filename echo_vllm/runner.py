@@ -341,7 +341,8 @@ class EchoRunnerMixin:
             self.sampler, logits, tokens, parents, num_nodes, self.input_batch.sampling_metadata
         )
         self._record_calibration(step, verdicts)
-        self._count_verified(int((num_nodes > 1).sum()), int(num_nodes.sum()) - len(num_nodes),
+        branching_trees = 0 if step.attention is None else step.attention.token_rows.shape[0]
+        self._count_verified(int((num_nodes > 1).sum()), branching_trees, int(num_nodes.sum()) - len(num_nodes),
                              sum(len(v.accepted_nodes) for v in verdicts))
         if self.echo_policy.auto_budget():
             self._observe_acceptance(step, verdicts)
@@ -355,7 +356,7 @@ class EchoRunnerMixin:
             move_kv(self._echo_kv_layout, self._target_kv_caches(), slots[:, 0], slots[:, 1])
             src_rows, dst_rows = moved_rows(step.root_rows, tree, src, dst)
             self._echo_row_moves = (src_rows.to(self.device), dst_rows.to(self.device))
-        self._observe_target_pass(branching_trees=0 if step.attention is None else step.attention.token_rows.shape[0])
+        self._observe_target_pass(branching_trees)
         return output
 
     def _observe_acceptance(self, step: TreeStep, verdicts: list[Verdict]) -> None:
@@ -371,14 +372,16 @@ class EchoRunnerMixin:
                                     len(verdicts[row].accepted_nodes))
         self.echo_policy.observe_acceptance(verified)
 
-    def _count_verified(self, trees: int, drafts: int, accepted: int) -> None:
-        """One verification step: trees with drafts, their draft tokens, those accepted. Warns
+    def _count_verified(self, trees: int, branching_trees: int, drafts: int, accepted: int) -> None:
+        """One verification step: trees with drafts, those that branched, their draft tokens,
+        those accepted. Warns
         (once) when the target has rejected every one of the first NO_ACCEPTANCE_WARNING_DRAFTS
         (a head of another target?)."""
         counters = self.echo_counters
         before = counters.num_verified_drafts
         counters.num_verified_steps += trees > 0
         counters.num_verified_trees += trees
+        counters.num_branching_trees += branching_trees
         counters.num_verified_drafts += drafts
         counters.num_accepted_drafts += accepted
         if counters.num_accepted_drafts == 0 and before < NO_ACCEPTANCE_WARNING_DRAFTS <= counters.num_verified_drafts:

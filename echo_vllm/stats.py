@@ -25,6 +25,8 @@ class EchoCounters:
     num_verified_drafts: int = 0
     num_accepted_drafts: int = 0
     num_proposed_drafts: int = 0  # draft tokens proposed (verified ones are never more)
+    # verified trees that branched: their rows took echo's tree attention, a chain's the causal kernel
+    num_branching_trees: int = 0
     # request-steps whose draft scores were NaN or infinite (a broken head): no drafts verified
     num_broken_drafts: int = 0
     # gate decisions: requests checked and stopped, and both per judge depth

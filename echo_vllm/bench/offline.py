@@ -34,7 +34,8 @@ WARM_UP_TOKENS = 32
 SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
                  "vllm:spec_decode_num_accepted_tokens")
 ECHO_COUNTERS = ("budget_sum", "num_budgeted_steps", "num_drafted_steps", "num_undrafted_steps",
-                 "num_exploration_steps", "num_gate_checks", "num_gate_stops")
+                 "num_exploration_steps", "num_gate_checks", "num_gate_stops", "num_verified_trees",
+                 "num_branching_trees")
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,15 @@ def echo_decisions(before: dict, after: dict) -> dict:
         # of all steps, those drafted only to keep echo's estimates current (exploration)
         "explored_share": delta["num_exploration_steps"] / steps if steps else None,
         "gate_pass_rate": 1 - delta["num_gate_stops"] / delta["num_gate_checks"] if delta["num_gate_checks"] else None,
+        "branching_share": branching_share(delta),
         "acceptance_curve": after["acceptance_curve"], "cost_model": after["cost_model"],
     }
+
+
+def branching_share(delta: dict) -> float | None:
+    """Of the draft trees verified (counter differences), the share that branched."""
+    trees = delta["num_verified_trees"]
+    return delta["num_branching_trees"] / trees if trees else None
 
 
 def warm_up_sampling(sampling):

@@ -32,7 +32,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
-from echo_vllm.bench.offline import SPEC_COUNTERS, WARM_UP_TOKENS, acceptance, workloads
+from echo_vllm.bench.offline import SPEC_COUNTERS, WARM_UP_TOKENS, acceptance, branching_share, workloads
 from echo_vllm.bench.plan import BenchPlan
 
 PLAIN = "plain"
@@ -152,6 +152,7 @@ def echo_decisions(before: dict[str, float], after: dict[str, float]) -> dict | 
         "mean_budget": delta["budget_sum"] / delta["num_budgeted_steps"] if delta["num_budgeted_steps"] else None,
         "drafted_share": delta["num_drafted_steps"] / steps if steps else None,
         "explored_share": delta["num_exploration_steps"] / steps if steps else None,
+        "branching_share": branching_share(delta),
     }
 
 

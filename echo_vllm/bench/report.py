@@ -101,6 +101,8 @@ def echo_choice(r: dict) -> str:
         explored = echo.get("explored_share")  # absent from results measured before exploration existed
         parts.append(f"drafted {echo['drafted_share']:.0%} of steps"
                      + (f" ({explored:.0%} exploring)" if explored else ""))
+    if echo.get("branching_share") is not None:  # absent from results measured before it was counted
+        parts.append(f"{echo['branching_share']:.0%} of trees branched")
     if echo.get("calibrating"):
         parts.append("still calibrating")
     return "; ".join(parts)

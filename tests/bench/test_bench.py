@@ -24,6 +24,7 @@ ECHO_DECISIONS = {
     "policy": "echo", "gate_statistic": "frontier_sum", "judge_depth": [1], "threshold": [0.9],
     "remaining_num_draft_tokens": 2, "calibrating": False, "budget": "auto", "mean_budget": 3.5,
     "drafted_share": 0.25, "explored_share": 0.02, "gate_pass_rate": 0.4, "cost_model": None,
+    "branching_share": 0.3,
     "acceptance_curve": {"drafts_per_request": [0.0, 1.0, 2.0, 3.0], "accepted_per_request": [0.0, 0.7, 1.1, 1.3]},
 }
 MADE_UP = {
@@ -78,7 +79,7 @@ def test_report_tables_and_plots(tmp_path):
     text = markdown(MADE_UP, META)
     assert "| echo | 2.00 | 0.25 | 15.0 (14.0-16.0) | 1.50 | 1.80 | 0.20 | 13.0 (12.0-14.0) | 1.30 | 1.90 | 1.40 |" in text
     assert ("| 16 | echo | 99.0 (98.0-100.0) | 100.0 | 0.99 | - | - | 1.24 | 4.95 | budget auto (mean 3.5); echo depth 1 "
-            "threshold 0.9; gate pass 40%; drafted 25% of steps (2% exploring) |") in text
+            "threshold 0.9; gate pass 40%; drafted 25% of steps (2% exploring); 30% of trees branched |") in text
     assert "| 16 | no speculation | 100.0 (98.0-102.0) | | 1.00 |" in text
     written = write_outputs(MADE_UP, META, str(tmp_path))
     assert sorted(p.name for p in written) == ["report.md", "results.json", "speedup.png", "throughput.png",

@@ -139,6 +139,7 @@ def test_echo_decisions_from_its_metrics():
         "judge_depth": [2], "threshold": [0.779], "calibrating": False,
         "mean_budget": 4.0,  # (160 - 40) / (40 - 10)
         "drafted_share": 0.25, "explored_share": 0.05,  # 30 and 6 of 120 steps
+        "branching_share": None,  # no trees verified between the readings
     }
     assert online.spec_counts(after) == {"vllm:spec_decode_num_drafts": 130.0,
                                          "vllm:spec_decode_num_draft_tokens": 260.0,
