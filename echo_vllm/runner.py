@@ -311,15 +311,13 @@ class EchoRunnerMixin:
             self._echo_pass_start = (self._echo_clock(), int(kwargs["positions"].shape[-1]))
         return super()._model_forward(*args, **kwargs)
 
-    def _observe_target_pass(self, branching_trees: int | None) -> None:
+    def _observe_target_pass(self) -> None:
         """Refine the cost model with the pass that just finished, sampling or verification
-        included, once the device has finished it; `branching_trees` of the draft trees it
-        verified branched (their rows took the tree attention path; None: no drafts)."""
+        included, once the device has finished it."""
         if self._echo_pass_start is not None:
             start, tokens = self._echo_pass_start
             self._echo_pass_start = None
-            self.echo_policy.observe_pass(tokens, self._echo_clock() - start, self.input_batch.num_reqs,
-                                          branching_trees)
+            self.echo_policy.observe_pass(tokens, self._echo_clock() - start)
 
     # ---- verification -----------------------------------------------------------------
 
@@ -330,7 +328,7 @@ class EchoRunnerMixin:
             # for every step; its rejection sampler would copy the logits only to sample
             # the same tokens.)
             output = super()._sample(logits, None)
-            self._observe_target_pass(branching_trees=None)
+            self._observe_target_pass()
             return output
         self._echo_step = None
         tokens, parents, num_nodes = flatten_trees(
@@ -356,7 +354,7 @@ class EchoRunnerMixin:
             move_kv(self._echo_kv_layout, self._target_kv_caches(), slots[:, 0], slots[:, 1])
             src_rows, dst_rows = moved_rows(step.root_rows, tree, src, dst)
             self._echo_row_moves = (src_rows.to(self.device), dst_rows.to(self.device))
-        self._observe_target_pass(branching_trees)
+        self._observe_target_pass()
         return output
 
     def _observe_acceptance(self, step: TreeStep, verdicts: list[Verdict]) -> None:
@@ -373,8 +371,8 @@ class EchoRunnerMixin:
         self.echo_policy.observe_acceptance(verified)
 
     def _count_verified(self, trees: int, branching_trees: int, drafts: int, accepted: int) -> None:
-        """One verification step: trees with drafts, those that branched, their draft tokens,
-        those accepted. Warns
+        """One verification step: trees with drafts, those that branched (their rows took the
+        tree attention path, a chain's the causal kernel), their draft tokens, those accepted. Warns
         (once) when the target has rejected every one of the first NO_ACCEPTANCE_WARNING_DRAFTS
         (a head of another target?)."""
         counters = self.echo_counters

@@ -323,51 +323,15 @@ class LinearCost:
 
     def __call__(self, x: float) -> float | None:
         """Predicted seconds at x (never negative), or None before any observation."""
-        weight, sx, sy = self.sums[:3].tolist()
+        weight, sx, sy, sxx, sxy = self.sums.tolist()
         if weight == 0.0:
             return None
         mean_x, mean_y = sx / weight, sy / weight
-        slope = self.slope()
+        variance = sxx / weight - mean_x * mean_x
+        slope = (sxy / weight - mean_x * mean_y) / variance if variance > 1e-9 * max(1.0, mean_x * mean_x) else 0.0
         if slope <= 0.0:
             return max(mean_y, 0.0)
         return max(mean_y + slope * (x - mean_x), 0.0)
-
-    def slope(self) -> float:
-        """Seconds per unit of x as fit (0 while fewer than two distinct x were seen)."""
-        weight, sx, sy, sxx, sxy = self.sums.tolist()
-        if weight == 0.0:
-            return 0.0
-        mean_x, mean_y = sx / weight, sy / weight
-        variance = sxx / weight - mean_x * mean_x
-        return (sxy / weight - mean_x * mean_y) / variance if variance > 1e-9 * max(1.0, mean_x * mean_x) else 0.0
-
-
-def branching_requests(node_requests: torch.Tensor, node_depths: torch.Tensor) -> torch.Tensor:
-    """[L + 1]: for G = 0..L, how many requests the first G nodes of an allocation order
-    give a tree that branches (two nodes at one depth). node_requests, node_depths [L]: each
-    node's request and depth, in that order.
-
-    Worked example: requests [0, 0, 1, 0, 1, 1], depths [1, 2, 1, 1, 2, 2] -> request 0
-    branches at its second depth-1 node, request 1 at its second depth-2 node:
-    [0, 0, 0, 0, 1, 1, 2].
-    """
-    requests, depths = node_requests.long().cpu(), node_depths.long().cpu()
-    if requests.numel() == 0:
-        return torch.zeros(1, dtype=torch.int64)
-    repeats = _seen_before(requests * (int(depths.max()) + 1) + depths)  # a (request, depth) bought again
-    # each request's first repeat: requests among the repeats, other entries never equal
-    first_repeat = repeats & ~_seen_before(torch.where(repeats, requests, -1 - torch.arange(len(requests))))
-    return torch.cat([torch.zeros(1, dtype=torch.int64), first_repeat.long().cumsum(0)])
-
-
-def _seen_before(keys: torch.Tensor) -> torch.Tensor:
-    """[L] bool: whether an earlier entry of `keys` [L] holds the same key."""
-    sorted_keys, order = torch.sort(keys, stable=True)
-    seen_sorted = torch.zeros(len(keys), dtype=torch.bool)
-    seen_sorted[1:] = sorted_keys[1:] == sorted_keys[:-1]
-    seen = torch.empty_like(seen_sorted)
-    seen[order] = seen_sorted
-    return seen
 
 
 def speculation_pays(num_requests: int, curve: AcceptanceCurve, cost: CostModel, draft_seconds: float,

@@ -375,8 +375,7 @@ class EchoProposer(EagleProposer):
         auto = self.policy.auto_budget()
         node_values = pool.scores.flatten()[order].exp() if auto else None
         node_depths = depth_of[order % pool_size] if auto else None
-        node_requests = order // pool_size if auto else None
-        budget = self.policy.budget(plan, node_values, node_depths, node_requests, batch)
+        budget = self.policy.budget(plan, node_values, node_depths, batch)
         chosen = allocate(order, batch, pool_size, budget)
         bought = chosen.sum()
         self.counters.nodes_bought = self.counters.nodes_bought + bought

@@ -29,7 +29,6 @@ from echo_vllm.core.budget import (
     Exploration,
     LinearCost,
     MeasuredGoodput,
-    branching_requests,
     goodput_budget,
     speculation_pays,
 )
@@ -41,10 +40,6 @@ from echo_vllm.stats import EchoCounters
 # steps that drafted it decide whether it is drafted next, and one bought step in
 # ELASTIC_WINDOW probes a depth deeper and a node wider.
 ELASTIC_WINDOW = 8
-# Drafted passes of a batch-size class after which, when every one of them verified a tree that
-# branches, the next step of that class drafts chains (width 1): what branching adds to a pass
-# is measured against chains verified beside it (`branching_costs`), so it needs some of each.
-BRANCHING_WINDOW = 2 * ELASTIC_WINDOW
 # A depth past the first is drafted while the last step that drafted it bought a node there, or
 # at least this share of the last ELASTIC_WINDOW steps that drafted it did: the budget buys a
 # deep node only where it pays for that depth's drafting, but every step drafting that depth
@@ -118,18 +113,6 @@ class BatchPolicy:
         # processing (the time between two drafting calls, less the drafting and the target
         # pass between them).
         self.step_overhead = LinearCost()
-        # What a draft tree that branches adds to a target pass, by batch-size class: the
-        # attention backends take a chain as it is (a chain is causal), a branching tree's rows
-        # take echo's tree attention in every target layer. Where that costs more than the
-        # causal kernel, a sibling must buy enough to pay for it: on the 2-core CPU echo's torch
-        # tree attention takes ~0.15 ms a layer against ~0.05 ms for vLLM's kernel on the same
-        # rows (benchmarks/cpu_tree_attention.py), ~3 ms a pass of the 30-layer target at batch
-        # size 1. Fit over the passes that verify drafts: what the cost model leaves unexplained
-        # of a pass (its residual) against how many of its trees branch, whose slope is the
-        # seconds per branching tree. Measured, not assumed: it is whatever the device's tree
-        # attention costs, and nothing until both chains and branching trees were verified.
-        self.branching_costs: dict[int, LinearCost] = {}
-        self.recent_branching: dict[int, deque[bool]] = {}  # by class: whether each drafted pass branched
         self.acceptance_curve = AcceptanceCurve(config.num_draft_tokens - 1, config.max_depth)
         self.last_pass_seconds: float | None = None
         self.last_budget: int | None = None
@@ -183,12 +166,6 @@ class BatchPolicy:
         by_depth = torch.tensor([depth_cost(d) for d in range(int(deepest[-1]) + 1)], dtype=torch.float64)
         return by_depth[deepest]
 
-    def branching_seconds(self, batch: int) -> float:
-        """Expected seconds a branching tree adds to a target pass of `batch` requests (0 before
-        a pass of this batch-size class verified one)."""
-        cost = self.branching_costs.get(batch.bit_length())
-        return 0.0 if cost is None else max(cost.slope(), 0.0)
-
     def step_seconds_besides_drafting(self, batch: int) -> float:
         """Expected seconds of a step of `batch` requests outside the target pass and drafting."""
         return self.step_overhead(batch) or 0.0
@@ -201,7 +178,7 @@ class BatchPolicy:
         self._observe_previous_step(self._called, req_ids)
         self.measured_goodput.set_batch(req_ids)
         draft, exploring = self._speculation_pays(len(req_ids))
-        depths, width = self._shape_to_draft(len(req_ids))
+        depths, width = self._shape_to_draft()
         return StepPlan(draft, depths, width, self.gate, self.recording, self.spends_budget(), exploring)
 
     def grew(self, depths: int, seconds: float) -> None:
@@ -228,11 +205,10 @@ class BatchPolicy:
         self._last_call = _DraftingCall(self._called, now - self._called, frozenset(req_ids), plan.draft)
 
     def budget(self, plan: StepPlan, node_values: torch.Tensor | None, node_depths: torch.Tensor | None,
-               node_requests: torch.Tensor | None, batch: int) -> int | None:
+               batch: int) -> int | None:
         """Draft tokens the batch verifies (None: every node the requests' caps allow).
-        node_values, node_depths, node_requests [M]: the pool nodes' path probabilities, draft
-        depths and requests (batch rows), in allocation order (the auto budget's inputs; None
-        for a fixed budget)."""
+        node_values, node_depths [M]: the pool nodes' path probabilities and draft depths, in
+        allocation order (the auto budget's inputs; None for a fixed budget)."""
         budget = self.config.budget
         if budget == "auto":
             values = self.acceptance_curve.calibrated(node_values, node_depths)
@@ -241,8 +217,7 @@ class BatchPolicy:
             # no cost model yet (start-up passes): every node the caps allow
             budget = None if self.cost_model is None else goodput_budget(
                 values, batch, self.cost_model,
-                self.drafting_seconds(batch, node_depths) + self.step_seconds_besides_drafting(batch)
-                + self.branching_seconds(batch) * branching_requests(node_requests, node_depths))
+                self.drafting_seconds(batch, node_depths) + self.step_seconds_besides_drafting(batch))
             if budget is not None and plan.exploring:
                 budget = max(budget, batch)  # measure at least one draft per request
             (shared,) = self.share([-1 if budget is None else budget])
@@ -263,24 +238,11 @@ class BatchPolicy:
 
     # ---- what it learns ---------------------------------------------------------------
 
-    def observe_pass(self, tokens: int, seconds: float, batch: int, branching_trees: int | None) -> None:
-        """A target pass over `tokens` tokens of `batch` requests took `seconds`, sampling
-        included; `branching_trees` of the draft trees it verified branch (None: it verified
-        no drafts). The cost model is refined with what branching did not add."""
-        if self.cost_model is None:
-            return
-        self.last_pass_seconds = seconds
-        branching_seconds = 0.0
-        if branching_trees is not None:
-            batch_class = batch.bit_length()
-            if batch_class not in self.branching_costs:  # not setdefault: that would build one every pass
-                self.branching_costs[batch_class] = LinearCost()
-                self.recent_branching[batch_class] = deque(maxlen=BRANCHING_WINDOW)
-            residual = seconds - float(self.cost_model(torch.tensor(tokens)))
-            self.branching_costs[batch_class].observe(branching_trees, residual)
-            self.recent_branching[batch_class].append(branching_trees > 0)
-            branching_seconds = branching_trees * self.branching_seconds(batch)
-        self.cost_model.observe(tokens, seconds - branching_seconds)
+    def observe_pass(self, tokens: int, seconds: float) -> None:
+        """A target pass over `tokens` tokens took `seconds`, sampling included."""
+        if self.cost_model is not None:
+            self.cost_model.observe(tokens, seconds)
+            self.last_pass_seconds = seconds
 
     def observe_acceptance(self, verified: dict[str, tuple[list[float], int]]) -> None:
         """One verification of trees echo drafted: per request, the summed path probabilities
@@ -344,13 +306,12 @@ class BatchPolicy:
         self.counters.num_exploration_steps += explore
         return shared_pays != explore, explore and not shared_pays
 
-    def _shape_to_draft(self, batch: int) -> tuple[int, int]:
+    def _shape_to_draft(self) -> tuple[int, int]:
         """(depths, width): `steps` and `topk`, or with a budget the depths it kept buying
         (DEPTH_KEPT_SHARE) and the widest level bought lately (at least 1), one more of each
         on a probe step: trees start `steps` deep and grow past it by probes, up to
         `max_depth`. A fixed budget of G drafts per step never buys a node deeper, or a level
-        wider, than G. With the auto budget, chains (width 1) when the last BRANCHING_WINDOW
-        drafted passes at this batch size all verified branching trees."""
+        wider, than G."""
         steps, max_depth, topk, budget = self.config.steps, self.config.max_depth, self.config.topk, self.config.budget
         if not self.spends_budget():
             return steps, topk
@@ -362,9 +323,6 @@ class BatchPolicy:
         while depths < max_depth and self._depth_kept(depths + 1, steps):
             depths += 1
         probe = int(self.num_bought_steps % ELASTIC_WINDOW == 0)
-        recent = self.recent_branching.get(batch.bit_length(), ())
-        if budget == "auto" and len(recent) == BRANCHING_WINDOW and all(recent):
-            return min(max_depth, depths + probe), 1
         return min(max_depth, depths + probe), min(topk, max(1, *self.recent_bought_widths) + probe)
 
     def _depth_kept(self, depth: int, steps: int) -> bool:
@@ -391,9 +349,6 @@ class BatchPolicy:
                 "accepted_per_request": curve.gains_per_request.tolist()},
             "accepted_per_predicted_by_depth": curve.scales.tolist(),
             "cost_model": None if self.cost_model is None else self.cost_model.to_dict(),
-            # by the batch-size class's smallest batch
-            "branching_tree_seconds": {1 << (c - 1): self.branching_seconds(1 << (c - 1))
-                                       for c in sorted(self.branching_costs)},
         }
 
 

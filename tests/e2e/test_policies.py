@@ -13,7 +13,7 @@ gain of depth 2 about .012), so some requests stop and others grow.
 import pytest
 from vllm import LLM, SamplingParams
 
-from conftest import TINY_ENGINE, plain_tokens, random_token_prompts, shutdown, token_ids
+from conftest import TINY_ENGINE, echo_stat, plain_tokens, random_token_prompts, shutdown, token_ids
 from oracle import install_oracle
 from tiny_models import TINY
 
@@ -104,3 +104,8 @@ def test_policy_is_lossless_and_really_acts(policy_llm, reference, batch_size):
         assert max(deepest) == 5 if batch_size == 1 else max(deepest) > 2, max(deepest)
     if name in ("echo-auto", "echo-online"):
         assert has_cost_model and isinstance(last_budget, int)
+    branching = echo_stat(llm, "num_branching_trees")  # trees whose rows took the tree attention path
+    if name in ("echo-budget-chain", "echo-budget-deepening"):
+        assert branching == 0
+    elif name == "echo-budget":
+        assert 0 < branching < echo_stat(llm, "num_verified_trees")

@@ -8,7 +8,6 @@ import torch
 from echo_vllm.config import parse_echo_config
 from echo_vllm.core.budget import CostModel
 from echo_vllm.scheduler_patches.batch_policy import (
-    BRANCHING_WINDOW,
     EXPLORATION_INTERVAL,
     MIN_DRAFTED_STEPS,
     BatchPolicy,
@@ -41,13 +40,12 @@ def run_step(policy, clock, batch, draft_s, accepted_per_request, pass_s=0.010):
     plan = policy.decide(req_ids)
     if plan.draft:
         clock.now += draft_s
-        policy.budget(plan, torch.full((batch * 4,), 0.5), torch.ones(batch * 4, dtype=torch.int64),
-                      torch.arange(batch).repeat_interleave(4), batch)
+        policy.budget(plan, torch.full((batch * 4,), 0.5), torch.ones(batch * 4, dtype=torch.int64), batch)
     else:
         clock.now += 0.0001
     policy.drafted(plan, req_ids)
     clock.now += pass_s
-    policy.observe_pass(batch * (5 if plan.draft else 1), pass_s, batch, branching_trees=0)
+    policy.observe_pass(batch * (5 if plan.draft else 1), pass_s)
     if plan.draft:
         policy.observe_acceptance({req_id: ([0.5], accepted_per_request) for req_id in req_ids})
     return plan
@@ -122,9 +120,8 @@ def test_exploring_buys_at_least_one_draft_per_request():
     plan = policy.decide(["a", "b", "c"])
     exploring = dataclasses.replace(plan, exploring=True)
     # node values so low that the goodput budget buys nothing
-    requests = torch.arange(3).repeat_interleave(4)
-    assert policy.budget(plan, torch.full((12,), 1e-6), torch.ones(12, dtype=torch.int64), requests, 3) == 0
-    assert policy.budget(exploring, torch.full((12,), 1e-6), torch.ones(12, dtype=torch.int64), requests, 3) == 3
+    assert policy.budget(plan, torch.full((12,), 1e-6), torch.ones(12, dtype=torch.int64), 3) == 0
+    assert policy.budget(exploring, torch.full((12,), 1e-6), torch.ones(12, dtype=torch.int64), 3) == 3
     assert policy.counters.num_budgeted_steps == 2 and policy.counters.budget_sum == 3
 
 
@@ -142,8 +139,8 @@ def test_a_deeper_node_pays_for_its_depths_drafting():
     depths = torch.tensor([1, 2, 3])
     # goodput by budget: 1 / .012, 1.9 / .012, 2.4 / .014 = 171, 2.45 / .016 = 153: depth 3 does
     # not pay for its drafting although verifying it is free, though no step drafted shallower
-    assert policy.budget(plan, torch.tensor([0.9, 0.5, 0.05]), depths, torch.zeros(3), 1) == 2
-    assert policy.budget(plan, torch.tensor([0.9, 0.5, 0.4]), depths, torch.zeros(3), 1) == 3  # 2.8 / .016 = 175
+    assert policy.budget(plan, torch.tensor([0.9, 0.5, 0.05]), depths, 1) == 2
+    assert policy.budget(plan, torch.tensor([0.9, 0.5, 0.4]), depths, 1) == 3  # 2.8 / .016 = 175
 
 
 def test_static_policy_always_drafts_every_depth_without_a_budget():
@@ -250,38 +247,3 @@ def test_step_overhead_is_the_time_outside_drafting_and_the_pass():
         clock.now += 0.003  # the engine's own work between steps
     assert abs(policy.step_seconds_besides_drafting(2) - 0.003) < 1e-9
     assert abs(policy.draft_seconds(2) - 0.004) < 1e-9
-
-
-def test_a_sibling_pays_for_what_branching_adds_to_the_pass():
-    policy, _ = make_policy()
-    policy.cost_model = CostModel([1, 64], [0.010, 0.010])  # verifying more tokens is free
-    plan = policy.decide(["a"])
-    # in allocation order: the most confident path (depths 1, 2), then a sibling at depth 1
-    values, depths, requests = torch.tensor([0.9, 0.5, 0.2]), torch.tensor([1, 2, 1]), torch.zeros(3)
-    assert policy.budget(plan, values, depths, requests, 1) == 3
-    for _ in range(10):  # passes verifying one branching tree take 4 ms more than those verifying a chain
-        policy.observe_pass(4, 0.010, 1, branching_trees=0)
-        policy.observe_pass(4, 0.014, 1, branching_trees=1)
-    assert abs(policy.branching_seconds(1) - 0.004) < 1e-6
-    assert policy.branching_seconds(16) == 0.0  # another batch-size class: not measured yet
-    assert abs(float(policy.cost_model(torch.tensor(4))) - 0.010) < 1e-4  # the model keeps the chains' cost
-    # goodput: the chain 2.4 / .010 = 240; with the sibling 2.6 / .014 = 186
-    assert policy.budget(plan, values, depths, requests, 1) == 2
-
-
-def test_branching_is_measured_against_chains_the_policy_drafts_when_none_were_verified():
-    policy, _ = make_policy({**ECHO_AUTO, "topk": 4, "num_draft_tokens": 9})
-    policy.cost_model = CostModel([1, 64], [0.010, 0.010])
-    policy.bought(3, deepest=3, widest=3)
-    for _ in range(BRANCHING_WINDOW - 1):  # branching trees, and passes without drafts
-        policy.observe_pass(4, 0.014, 1, branching_trees=1)
-        policy.observe_pass(1, 0.010, 1, branching_trees=None)
-    assert policy.branching_seconds(1) == 0.0  # no chain to compare with
-    assert policy.decide(["a"]).width == 3
-    policy.observe_pass(4, 0.014, 1, branching_trees=1)
-    # every drafted pass of the window branched: the next step at this batch size drafts chains
-    assert policy.decide(["a"]).width == 1
-    assert policy.decide(["a", "b"]).width == 3  # another batch-size class
-    policy.observe_pass(4, 0.010, 1, branching_trees=0)
-    assert policy.decide(["a"]).width == 3
-    assert abs(policy.branching_seconds(1) - 0.004) < 1e-3
